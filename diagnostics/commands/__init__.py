@@ -1,0 +1,1 @@
+"""Subcommands of the `lisa` CLI, one module each (configure(parser), run(args) -> int)."""
