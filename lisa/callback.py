@@ -1,0 +1,135 @@
+"""LisaCallback: LISA layer switching inside transformers.Trainer (and TRL's SFTTrainer).
+
+The only lisa module that imports transformers' Trainer machinery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from lisa.switching import Lisa, LisaConfig
+
+__all__ = ["LisaCallback"]
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_BLOCKS_KEY = "lisa_active_blocks"
+FREED_BYTES_KEY = "lisa_freed_bytes"
+
+
+class LisaCallback(TrainerCallback, ExportableState):
+    """Run the LISA engine on the optimizer the Trainer builds.
+
+    Nothing is frozen before training begins: the Trainer puts only requires_grad parameters
+    into the optimizer it creates, so the engine is built on `on_train_begin` from the
+    Trainer's own model and optimizer, and `on_step_begin` (once per optimizer step, also
+    under gradient accumulation) calls `lisa.begin_step(state.global_step)`.
+
+    Logs gain "lisa_active_blocks" (e.g. "3,17") and "lisa_freed_bytes" (bytes of grads and
+    optimizer state freed by switches since the previous log). The schedule (step, active set,
+    RNG and sampler state, history) is saved in every checkpoint's trainer_state.json under
+    stateful_callbacks["LisaCallback"], and `resume_from_checkpoint` restores it exactly.
+
+    Args:
+        config: the LisaConfig (a dict of its fields is accepted, as a checkpoint stores it).
+
+    Example:
+        >>> callback = LisaCallback(LisaConfig(gamma=2, interval=5))
+        >>> trainer = Trainer(model, args, train_dataset=data, callbacks=[callback])  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> callback.lisa.history  # doctest: +SKIP
+        [(0, (1, 3)), (5, (0, 2))]
+    """
+
+    def __init__(self, config: LisaConfig | Mapping[str, Any] | None) -> None:
+        # A checkpoint stores the config as a dict, or None when its sampler was an instance
+        # (not JSON-able); the Trainer passes that back only with
+        # restore_callback_states_from_checkpoint=True.
+        if config is None or (
+            isinstance(config, Mapping) and not isinstance(config.get("sampler", "uniform"), str)
+        ):
+            raise ValueError(
+                "LisaCallback needs a LisaConfig; a checkpoint cannot rebuild one whose sampler "
+                "was an instance. Leave restore_callback_states_from_checkpoint=False (the "
+                "default): LisaCallback restores its schedule from the checkpoint on its own"
+            )
+        if isinstance(config, Mapping):
+            config = LisaConfig(**config)
+        elif not isinstance(config, LisaConfig):
+            raise TypeError(f"config must be a LisaConfig, got {type(config).__name__}")
+        self.config = config
+        self.lisa: Lisa | None = None
+        self._freed_at_last_log = 0
+
+    # checkpoint state (transformers' ExportableState) ----------------------------------------
+
+    def state(self) -> dict:
+        """Callback state for trainer_state.json: config (if JSON-able) and the schedule."""
+        config = self.config.to_dict() if isinstance(self.config.sampler, str) else None
+        return {
+            "args": {"config": config},
+            "attributes": {"lisa_state": None if self.lisa is None else self.lisa.state_dict()},
+        }
+
+    # events ----------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._build(model, optimizer)
+        saved = _saved_lisa_state(state)
+        if state.global_step > 0:
+            if saved is None:
+                logger.warning(
+                    "resuming at step %d from a checkpoint without LISA state: starting a new "
+                    "schedule at this step",
+                    state.global_step,
+                )
+            else:
+                self.lisa.load_state_dict(saved)
+        self._freed_at_last_log = self.lisa.freed_bytes_total
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.lisa is None:
+            # A Trainer subclass that skipped on_train_begin: build on the first step instead.
+            self._build(model, optimizer)
+        self.lisa.begin_step(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.lisa is None or logs is None:
+            return
+        extra = {
+            ACTIVE_BLOCKS_KEY: ",".join(str(i) for i in self.lisa.active_blocks),
+            FREED_BYTES_KEY: self.lisa.freed_bytes_total - self._freed_at_last_log,
+        }
+        self._freed_at_last_log = self.lisa.freed_bytes_total
+        logs.update(extra)
+        # Trainer.log copies `logs` into log_history before callbacks see it.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+    # helpers ---------------------------------------------------------------------------------
+
+    def _build(self, model, optimizer) -> None:
+        if model is None or optimizer is None:
+            raise ValueError(
+                "LisaCallback needs the Trainer's model and optimizer; add it to a "
+                "transformers.Trainer through callbacks=[LisaCallback(config)]"
+            )
+        self.lisa = Lisa(model, optimizer, self.config)
+
+
+def _saved_lisa_state(state) -> dict | None:
+    saved = (state.stateful_callbacks or {}).get(LisaCallback.__name__)
+    if isinstance(saved, list):
+        if len(saved) > 1:
+            raise ValueError(
+                "the checkpoint holds several LisaCallback states; use one LisaCallback"
+            )
+        saved = saved[0] if saved else None
+    if not isinstance(saved, dict):
+        return None
+    return saved.get("attributes", {}).get("lisa_state")
