@@ -11,8 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
-
-import lisa
+from importlib.metadata import PackageNotFoundError, version
 
 # name -> (module under diagnostics.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,11 +19,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    # importlib.metadata instead of `import lisa`: the package imports torch.
+    try:
+        return version("lisa-finetune")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lisa", description="LISA fine-tuning and layer-norm diagnostics."
     )
-    parser.add_argument("--version", action="version", version=f"lisa-finetune {lisa.__version__}")
+    parser.add_argument("--version", action="version", version=f"lisa-finetune {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():

@@ -1,0 +1,45 @@
+"""The `lisa` dispatcher: version, help, and that every registered command module loads."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from diagnostics import cli
+
+
+def test_version_matches_package_metadata(capsys):
+    import lisa
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lisa-finetune {lisa.__version__}"
+
+
+def test_version_does_not_import_torch():
+    # `lisa --version` must stay instant: the dispatcher imports command modules lazily.
+    code = "import sys; from diagnostics import cli; cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_unknown_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_module_has_configure_and_run(command):
+    module = importlib.import_module(f"diagnostics.commands.{cli.COMMANDS[command][0]}")
+    assert callable(module.configure) and callable(module.run)
