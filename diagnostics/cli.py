@@ -16,6 +16,12 @@ from importlib.metadata import PackageNotFoundError, version
 # name -> (module under diagnostics.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "layers": ("layers", "print a model's layer map: groups, parameter counts, tying"),
+    "diagnose": (
+        "diagnose",
+        "run LoRA and FT probes: norms table, skew summary, sampling policy and plots",
+    ),
+    "policy": ("policy", "derive a sampling policy (JSON) from a saved norms table"),
+    "plot": ("plot", "redraw diagnostics plots from saved norms, policy and history files"),
 }
 
 

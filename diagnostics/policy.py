@@ -1,0 +1,421 @@
+"""SamplingPolicy: per-block inclusion probabilities derived from LoRA and FT norm profiles.
+
+The paper's importance weight of block l is the ratio of its mean norms in the two runs,
+
+    s_l = w_LoRA^l / w_FT^l,
+
+turned into exact fixed-size inclusion probabilities by
+``lisa.samplers.inclusion_probabilities_from_scores`` (s ** temperature, floor, scale to sum
+gamma, cap at 1 redistributing the excess). Only the blocks are sampled; embeddings, head and
+extras follow the policy's ``train_*`` flags (the paper keeps E and H always on: p = 1).
+
+A policy is saved as JSON (never pickle) with its layer names, a compact layer signature (block
+count, names, parameter shapes) and its provenance, and refuses to load onto a model whose layer
+map differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from lisa.layers import LayerMap, block_group
+from lisa.samplers import Sampler, inclusion_probabilities_from_scores, make_sampler
+
+__all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy", "layer_signature"]
+
+POLICY_FORMAT = "lisa-sampling-policy"
+_POLICY_VERSION = 1
+_SUM_TOLERANCE = 1e-6
+
+
+def layer_signature(source: LayerMap | nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """Compact, wrapper-independent description of a model's blocks.
+
+    Parameter names are taken relative to their block, with peft's ``.base_layer`` removed and
+    adapter parameters (``lora_*``) skipped, so a model and its LoRA-wrapped copy agree.
+
+    Args:
+        source: a LayerMap, a model, or a ``LayerMap.signature()`` dict (e.g. from a sidecar).
+
+    Returns:
+        {"num_blocks": N, "group_names": [...], "blocks": [[[name, shape], ...] per block]}.
+    """
+    if isinstance(source, nn.Module):
+        source = LayerMap.from_model(source)
+    full = source.signature() if isinstance(source, LayerMap) else dict(source)
+    try:
+        num_blocks = int(full["num_blocks"])
+        blocks_path = str(full["blocks_path"])
+        groups = full["groups"]
+        group_names = list(full["group_names"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"not a layer-map signature (missing or bad {error})") from error
+    blocks = []
+    for index in range(num_blocks):
+        marker = f"{blocks_path}.{index}."
+        entries = []
+        for name, shape in groups.get(block_group(index), []):
+            if "lora_" in name:
+                continue
+            relative = name.split(marker, 1)[-1].replace(".base_layer", "")
+            entries.append([relative, [int(s) for s in shape]])
+        blocks.append(sorted(entries))
+    return {"num_blocks": num_blocks, "group_names": group_names, "blocks": blocks}
+
+
+def _first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
+    if expected["num_blocks"] != actual["num_blocks"]:
+        return f"block count: policy has {expected['num_blocks']}, model has {actual['num_blocks']}"
+    if expected["group_names"] != actual["group_names"]:
+        return (
+            f"group names: policy has {expected['group_names']}, model has {actual['group_names']}"
+        )
+    for index, (mine, theirs) in enumerate(zip(expected["blocks"], actual["blocks"], strict=True)):
+        if mine != theirs:
+            mine_d, theirs_d = (
+                dict((n, tuple(s)) for n, s in mine),
+                dict((n, tuple(s)) for n, s in theirs),
+            )
+            for name in sorted(set(mine_d) | set(theirs_d)):
+                if mine_d.get(name) != theirs_d.get(name):
+                    return (
+                        f"block {index} parameter {name!r}: policy has shape "
+                        f"{mine_d.get(name, 'absent')}, model has {theirs_d.get(name, 'absent')}"
+                    )
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingPolicy:
+    """Per-block inclusion probabilities for the ``weighted`` sampler, with provenance.
+
+    Args:
+        inclusion_probabilities: pi over the N blocks, each in [0, 1], sum = gamma.
+        gamma: blocks drawn per period.
+        layer_names: the block group names ("block.0" ... "block.{N-1}").
+        signature: ``layer_signature`` of the model it was derived on (None: only the block
+            count and names are checked).
+        provenance: how it was derived (settings, source, scores, date, versions).
+        train_embeddings, train_head, train_extras: whether E, H and extras train every
+            period (the paper: E and H always; mirrors LisaConfig's fields).
+
+    Example:
+        >>> policy = SamplingPolicy(np.array([1.0, 0.5, 0.5]), gamma=2,
+        ...                         layer_names=("block.0", "block.1", "block.2"))
+        >>> policy.to_sampler().gamma
+        2
+    """
+
+    inclusion_probabilities: np.ndarray
+    gamma: int
+    layer_names: tuple[str, ...]
+    signature: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    train_embeddings: bool = True
+    train_head: bool = True
+    train_extras: bool = True
+
+    def __post_init__(self) -> None:
+        pi = np.array(self.inclusion_probabilities, dtype=np.float64).reshape(-1)
+        if pi.size == 0:
+            raise ValueError("inclusion_probabilities is empty; a policy needs at least one block")
+        if not np.all(np.isfinite(pi)) or pi.min() < 0 or pi.max() > 1 + 1e-12:
+            raise ValueError(
+                f"inclusion_probabilities must lie in [0, 1], got min {pi.min()} and max {pi.max()}"
+            )
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | np.integer):
+            raise ValueError(f"gamma={self.gamma!r} must be an integer")
+        if not 1 <= self.gamma <= pi.size:
+            raise ValueError(f"gamma={self.gamma} must lie in 1..{pi.size} (the number of blocks)")
+        if abs(pi.sum() - self.gamma) > _SUM_TOLERANCE:
+            raise ValueError(
+                f"inclusion_probabilities sum to {pi.sum():.8g}, not gamma={self.gamma}; "
+                "derive them with inclusion_probabilities_from_scores"
+            )
+        names = tuple(str(n) for n in self.layer_names)
+        if len(names) != pi.size:
+            raise ValueError(
+                f"layer_names has {len(names)} entries but there are {pi.size} probabilities"
+            )
+        if self.signature is not None and self.signature.get("num_blocks") != pi.size:
+            raise ValueError(
+                f"signature describes {self.signature.get('num_blocks')} blocks, "
+                f"the policy has {pi.size}"
+            )
+        pi = np.clip(pi, 0.0, 1.0)
+        pi.setflags(write=False)
+        object.__setattr__(self, "inclusion_probabilities", pi)
+        object.__setattr__(self, "gamma", int(self.gamma))
+        object.__setattr__(self, "layer_names", names)
+        object.__setattr__(self, "provenance", dict(self.provenance))
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.inclusion_probabilities.size)
+
+    def to_sampler(self) -> Sampler:
+        """The ``weighted`` sampler (exact fixed-size design) with these probabilities."""
+        return make_sampler(
+            "weighted", self.num_blocks, inclusion_probabilities=self.inclusion_probabilities
+        )
+
+    def check_compatible(self, target: LayerMap | nn.Module) -> None:
+        """Raise ValueError naming the first difference between the policy's layers and target's."""
+        layer_map = target if isinstance(target, LayerMap) else LayerMap.from_model(target)
+        if layer_map.num_blocks != self.num_blocks:
+            raise ValueError(
+                f"policy is for {self.num_blocks} blocks but the model has {layer_map.num_blocks}"
+            )
+        expected_names = tuple(block_group(i) for i in range(layer_map.num_blocks))
+        if expected_names != self.layer_names:
+            raise ValueError(f"policy layer names {self.layer_names} differ from {expected_names}")
+        if self.signature is not None:
+            difference = _first_difference(self.signature, layer_signature(layer_map))
+            if difference is not None:
+                raise ValueError(f"policy does not match the model's layer map: {difference}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (what ``to_json`` writes)."""
+        return {
+            "format": POLICY_FORMAT,
+            "version": _POLICY_VERSION,
+            "gamma": self.gamma,
+            "inclusion_probabilities": [float(p) for p in self.inclusion_probabilities],
+            "layer_names": list(self.layer_names),
+            "train_embeddings": self.train_embeddings,
+            "train_head": self.train_head,
+            "train_extras": self.train_extras,
+            "signature": self.signature,
+            "provenance": self.provenance,
+        }
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the policy as JSON atomically (temporary file + os.replace)."""
+        from diagnostics.recorder import _atomic_write_text
+
+        path = Path(path)
+        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "policy") -> SamplingPolicy:
+        """Build a policy from ``to_dict`` output, with errors naming the bad field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != POLICY_FORMAT:
+            raise ValueError(
+                f"{where}: 'format' is {data.get('format')!r}, expected {POLICY_FORMAT!r}"
+            )
+        if data.get("version") != _POLICY_VERSION:
+            raise ValueError(f"{where}: unsupported policy version {data.get('version')!r}")
+        for key in ("gamma", "inclusion_probabilities", "layer_names"):
+            if key not in data:
+                raise ValueError(f"{where}: missing field {key!r}")
+        pi = data["inclusion_probabilities"]
+        if not isinstance(pi, list) or not all(
+            isinstance(p, int | float) and not isinstance(p, bool) for p in pi
+        ):
+            raise ValueError(f"{where}: 'inclusion_probabilities' must be a list of numbers")
+        names = data["layer_names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{where}: 'layer_names' must be a list of strings")
+        signature = data.get("signature")
+        if signature is not None and not (
+            isinstance(signature, dict)
+            and {"num_blocks", "group_names", "blocks"} <= set(signature)
+        ):
+            raise ValueError(f"{where}: 'signature' must be null or a layer_signature object")
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise ValueError(f"{where}: 'provenance' must be an object")
+        flags = {}
+        for key in ("train_embeddings", "train_head", "train_extras"):
+            value = data.get(key, True)
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: {key!r} must be true or false, got {value!r}")
+            flags[key] = value
+        try:
+            return cls(
+                inclusion_probabilities=np.array(pi, dtype=np.float64),
+                gamma=data["gamma"],
+                layer_names=tuple(names),
+                signature=signature,
+                provenance=provenance,
+                **flags,
+            )
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> SamplingPolicy:
+        """Load a policy written by ``to_json`` (JSON only), validating every field."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+        return cls.from_dict(data, where=str(path))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def block_means(
+    source: Sequence[float] | np.ndarray | pd.DataFrame,
+    *,
+    method: str | None = None,
+    kind: str = "weight",
+    reduce: str = "l2",
+) -> np.ndarray:
+    """Per-block mean norm w^l from an array or a norms table.
+
+    Args:
+        source: per-block means (returned as float64), a tidy norms table, or a
+            ``mean_norms`` table.
+        method: keep only rows of this method (needed when the table holds several).
+        kind, reduce: the norm kind and reduction to use.
+
+    Returns:
+        float64 array over blocks 0..N-1.
+    """
+    if not isinstance(source, pd.DataFrame):
+        values = np.asarray(source, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            raise ValueError("per-block norms are empty")
+        return values
+    frame = source
+    if method is not None and "method" in frame.columns:
+        frame = frame[frame["method"] == method]
+    elif "method" in frame.columns and frame["method"].nunique() > 1:
+        raise ValueError(
+            f"the table holds methods {sorted(frame['method'].unique())}; pass method= to pick one"
+        )
+    frame = frame[(frame["kind"] == kind) & (frame["reduce"] == reduce)]
+    if "run" in frame.columns and frame["run"].nunique() > 1:
+        raise ValueError(f"the table holds runs {sorted(frame['run'].unique())}; select one first")
+    frame = frame[frame["block_index"].notna()]
+    if frame.empty:
+        raise ValueError(
+            f"no block rows with method={method!r}, kind={kind!r}, reduce={reduce!r} in the table"
+        )
+    column = "mean_norm" if "mean_norm" in frame.columns else "norm"
+    means = frame.groupby(frame["block_index"].astype(int))[column].mean().sort_index()
+    expected = list(range(len(means)))
+    if means.index.tolist() != expected:
+        raise ValueError(f"block indices {means.index.tolist()} are not 0..{len(means) - 1}")
+    return means.to_numpy(dtype=np.float64)
+
+
+def derive_policy(
+    lora: Sequence[float] | np.ndarray | pd.DataFrame,
+    ft: Sequence[float] | np.ndarray | pd.DataFrame,
+    gamma: int,
+    *,
+    temperature: float = 1.0,
+    floor: float = 0.0,
+    kind: str = "weight",
+    reduce: str = "l2",
+    layer_map: LayerMap | nn.Module | None = None,
+    signature: Mapping[str, Any] | None = None,
+    source: str | None = None,
+) -> SamplingPolicy:
+    """Inclusion probabilities from the paper's importance weights s_l = w_LoRA^l / w_FT^l.
+
+    pi = inclusion_probabilities_from_scores(s, gamma, temperature=..., floor=...): pi_l in
+    [0, 1], sum_l pi_l = gamma, invariant to scaling either profile by a constant.
+
+    Args:
+        lora, ft: per-block mean norms (arrays of equal length) or norms tables (a table with
+            both methods is filtered to "lora" / "ft").
+        gamma: blocks drawn per period.
+        temperature: exponent on the scores (0: uniform over positive scores).
+        floor: least inclusion probability of every block.
+        kind, reduce: which recorded norm to use when given tables.
+        layer_map: the model (or its LayerMap) the policy is for; its signature is stored.
+        signature: a ``LayerMap.signature()`` or ``layer_signature`` dict to store instead
+            (e.g. from a norms sidecar); taken from a table's sidecar when neither is given.
+        source: free text recorded in the provenance (e.g. the norms file).
+
+    Returns:
+        A SamplingPolicy over the blocks.
+
+    Example:
+        >>> derive_policy([4.0, 1.0, 1.0], [1.0, 1.0, 1.0], gamma=2).inclusion_probabilities.tolist()
+        [1.0, 0.5, 0.5]
+    """
+    lora_means = block_means(
+        lora, method="lora" if _has_method(lora, "lora") else None, kind=kind, reduce=reduce
+    )
+    ft_means = block_means(
+        ft, method="ft" if _has_method(ft, "ft") else None, kind=kind, reduce=reduce
+    )
+    if lora_means.shape != ft_means.shape:
+        raise ValueError(
+            f"LoRA profile has {lora_means.size} blocks but FT profile has {ft_means.size}"
+        )
+    if np.any(ft_means <= 0) or not np.all(np.isfinite(ft_means)):
+        raise ValueError("FT block norms must be positive and finite to divide by them")
+    if np.any(lora_means < 0) or not np.all(np.isfinite(lora_means)):
+        raise ValueError("LoRA block norms must be non-negative and finite")
+    scores = lora_means / ft_means
+    pi = inclusion_probabilities_from_scores(scores, gamma, temperature=temperature, floor=floor)
+    if layer_map is not None:
+        stored = layer_signature(layer_map)
+    elif signature is not None:
+        stored = layer_signature(signature) if "groups" in signature else dict(signature)
+    else:
+        stored = _signature_from_tables(ft, lora)
+    provenance = {
+        "derivation": "s_l = w_lora^l / w_ft^l -> inclusion_probabilities_from_scores",
+        "kind": kind,
+        "reduce": reduce,
+        "temperature": float(temperature),
+        "floor": float(floor),
+        "scores": scores.tolist(),
+        "lora_block_means": lora_means.tolist(),
+        "ft_block_means": ft_means.tolist(),
+        "source": source,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return SamplingPolicy(
+        inclusion_probabilities=pi,
+        gamma=int(gamma),
+        layer_names=tuple(block_group(i) for i in range(pi.size)),
+        signature=stored,
+        provenance=provenance,
+    )
+
+
+def _has_method(source: Any, method: str) -> bool:
+    return (
+        isinstance(source, pd.DataFrame)
+        and "method" in source.columns
+        and bool((source["method"] == method).any())
+    )
+
+
+def _signature_from_tables(*tables: Any) -> dict[str, Any] | None:
+    for table in tables:
+        if isinstance(table, pd.DataFrame):
+            full = table.attrs.get("sidecar", {}).get("layer_signature")
+            if isinstance(full, dict):
+                try:
+                    return layer_signature(full)
+                except ValueError:
+                    continue
+    return None
