@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from diagnostics.diagnose import DiagnoseSettings, Diagnosis, diagnose
 from diagnostics.norms import NORM_KINDS, REDUCTIONS, layer_norms
 from diagnostics.plots import (
     inclusion_frequencies,
@@ -25,11 +26,14 @@ __all__ = [
     "DEFAULT_LEARNING_RATES",
     "NORM_KINDS",
     "REDUCTIONS",
+    "DiagnoseSettings",
+    "Diagnosis",
     "NormRecorder",
     "NormRecorderCallback",
     "SamplingPolicy",
     "block_means",
     "derive_policy",
+    "diagnose",
     "gini",
     "inclusion_frequencies",
     "layer_norms",

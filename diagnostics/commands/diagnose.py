@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
-from pathlib import Path
 
 import torch
 
@@ -80,24 +77,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run both probes and write norms.csv/.json, skew.csv, policy.json and plots into --out."""
-    from diagnostics import plots
-    from diagnostics.policy import derive_policy
-    from diagnostics.probes import run_probe
-    from diagnostics.recorder import COLUMNS, _atomic_write_text, _versions, load_norms
-    from diagnostics.skew import side_by_side, skew_summary
-    from lisa.data import load_examples, tokenize_examples
+    import pandas as pd
+
+    from diagnostics.diagnose import DiagnoseSettings, diagnose
+    from diagnostics.skew import side_by_side
+    from lisa.data import load_examples
     from lisa.layers import LayerMap
     from lisa.models import load_model
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    policy_kind = args.policy_kind or ("weight" if "weight" in args.kinds else args.kinds[0])
-    if policy_kind not in args.kinds:
-        print(f"error: --policy-kind {policy_kind!r} is not among --kinds {args.kinds}")
+    try:
+        settings = DiagnoseSettings(
+            steps=args.steps,
+            lr_lora=args.lr_lora,
+            lr_ft=args.lr_ft,
+            rank=args.rank,
+            gamma=args.gamma,
+            temperature=args.temperature,
+            floor=args.floor,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            kinds=args.kinds,
+            reduce=args.reduce,
+            policy_kind=args.policy_kind,
+            record_every=args.record_every,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as error:
+        print(f"error: {error}")
         return 2
 
     model, tokenizer = load_model(args.model, seed=args.seed)
@@ -105,104 +115,25 @@ def run(args: argparse.Namespace) -> int:
     examples = load_examples(
         args.data, split="train", num_examples=args.num_examples, seed=args.seed
     )
-    features = tokenize_examples(examples, tokenizer, max_length=args.max_length)
     print(
         f"model {args.model}: {layer_map.num_blocks} blocks, tied={layer_map.tied}; "
-        f"{len(features)} examples; {args.steps} steps per probe"
+        f"{len(examples)} examples; {args.steps} steps per probe"
     )
-
-    tables, sidecars = [], {}
-    for method, lr in (("lora", args.lr_lora), ("ft", args.lr_ft)):
-        probe_started = time.perf_counter()
-        partial = out / f"norms-{method}.csv"  # streamed as the probe runs: survives a crash
-        table = run_probe(
-            model,
-            features,
-            method,
-            steps=args.steps,
-            lr=lr,
-            lora_rank=args.rank,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            record_every=args.record_every,
-            kinds=args.kinds,
-            reduce=args.reduce,
-            seed=args.seed,
-            tokenizer=tokenizer,
-            progress=not args.no_progress,
-            run=f"{method}-probe",
-            path=partial,
-        )
-        losses = table.attrs["losses"]
-        sidecars[method] = {
-            **table.attrs["sidecar"],
-            "losses": losses,
-            "wall_seconds": time.perf_counter() - probe_started,
-        }
+    command = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    diagnosis = diagnose(
+        model, tokenizer, examples, args.out, settings, model_name=args.model, command=command
+    )
+    for method in ("lora", "ft"):
+        losses = diagnosis.losses[method]
         print(
             f"{method} probe: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-            f"{time.perf_counter() - probe_started:.0f} s "
-            f"({table.attrs['record_seconds']:.1f} s recording)"
+            f"{diagnosis.seconds[method]:.0f} s"
         )
-        tables.append(load_norms(partial))
-
-    import pandas as pd
-
-    table = pd.concat(tables, ignore_index=True)[list(COLUMNS)]
-    norms_path = out / "norms.csv"
-    _atomic_write_text(norms_path, table.to_csv(index=False))
-    sidecar = {
-        "format": "lisa-norms-sidecar",
-        "version": 1,
-        "columns": list(COLUMNS),
-        "model_class": type(model).__name__,
-        "model_name": args.model,
-        "group_names": list(layer_map.group_names),
-        "num_blocks": layer_map.num_blocks,
-        "tied": layer_map.tied,
-        "layer_signature": layer_map.signature(),
-        "command": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-        "probes": sidecars,
-        "versions": _versions(),
-    }
-    _atomic_write_text(out / "norms.json", json.dumps(sidecar, indent=2, default=str) + "\n")
-    for method in sidecars:
-        (out / f"norms-{method}.csv").unlink(missing_ok=True)
-        (out / f"norms-{method}.json").unlink(missing_ok=True)
-
-    summary = skew_summary(table, seed=args.seed)
-    _atomic_write_text(out / "skew.csv", summary.to_csv(index=False))
-    policy = derive_policy(
-        table,
-        table,
-        args.gamma,
-        temperature=args.temperature,
-        floor=args.floor,
-        kind=policy_kind,
-        reduce=args.reduce[0],
-        layer_map=layer_map,
-        source=str(norms_path),
-    )
-    policy.to_json(out / "policy.json")
-    reduce = args.reduce[0]
-    written = ["norms.csv", "norms.json", "skew.csv", "policy.json"]
-    plots.plot_layer_norms(table, out / "layer_norms.png", kind=policy_kind, reduce=reduce)
-    # Over a short run the norms barely move; the relative view shows which layers did.
-    plots.plot_norm_heatmap(
-        table, out / "norm_heatmap.png", kind=policy_kind, reduce=reduce, relative=True
-    )
-    plots.plot_policy(policy, out / "policy.png")
-    written += ["layer_norms.png", "norm_heatmap.png", "policy.png"]
-    for kind in args.kinds:
-        if kind != policy_kind:
-            plots.plot_layer_norms(table, out / f"layer_norms-{kind}.png", kind=kind, reduce=reduce)
-            written.append(f"layer_norms-{kind}.png")
-
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(side_by_side(summary).to_string())
+        print(side_by_side(diagnosis.summary).to_string())
     print(
         "policy inclusion probabilities:",
-        " ".join(f"{p:.3f}" for p in policy.inclusion_probabilities),
+        " ".join(f"{p:.3f}" for p in diagnosis.policy.inclusion_probabilities),
     )
-    print(f"wrote {', '.join(written)} to {out} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {', '.join(diagnosis.files)} to {args.out} in {diagnosis.seconds['total']:.0f} s")
     return 0
