@@ -15,6 +15,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 # name -> (module under diagnostics.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "demo",
+        "the main job: diagnose a model, derive a policy, fine-tune with LISA, report",
+    ),
     "layers": ("layers", "print a model's layer map: groups, parameter counts, tying"),
     "diagnose": (
         "diagnose",

@@ -30,6 +30,7 @@ from torch import nn
 
 from lisa.layers import LayerMap, block_group
 from lisa.samplers import Sampler, inclusion_probabilities_from_scores, make_sampler
+from lisa.switching import LisaConfig
 
 __all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy", "layer_signature"]
 
@@ -167,6 +168,28 @@ class SamplingPolicy:
         """The ``weighted`` sampler (exact fixed-size design) with these probabilities."""
         return make_sampler(
             "weighted", self.num_blocks, inclusion_probabilities=self.inclusion_probabilities
+        )
+
+    def to_lisa_config(
+        self, *, interval: int = 20, seed: int = 0, state_policy: str = "drop"
+    ) -> LisaConfig:
+        """A LisaConfig that samples with this policy and trains E/H/extras as it says.
+
+        Example:
+            >>> policy = SamplingPolicy(np.array([0.5, 1.0, 0.5]), 2, ("block.0", "block.1", "block.2"))
+            >>> config = policy.to_lisa_config(interval=5)
+            >>> (config.gamma, config.interval, type(config.sampler).__name__)
+            (2, 5, 'WeightedSampler')
+        """
+        return LisaConfig(
+            gamma=self.gamma,
+            interval=interval,
+            sampler=self.to_sampler(),
+            seed=seed,
+            state_policy=state_policy,
+            train_embeddings=self.train_embeddings,
+            train_head=self.train_head,
+            train_extras=self.train_extras,
         )
 
     def check_compatible(self, target: LayerMap | nn.Module) -> None:

@@ -181,3 +181,22 @@ def test_policy_arrays_are_read_only():
     policy = derive_policy([1.0, 2.0], [1.0, 1.0], gamma=1)
     with pytest.raises(ValueError):
         policy.inclusion_probabilities[0] = 0.9
+
+
+def test_policy_lisa_config_draws_only_policy_blocks_and_keeps_its_flags(tiny_llama):
+    import torch
+
+    from lisa.switching import Lisa
+
+    model = tiny_llama(num_blocks=4)
+    pi = np.array([0.0, 1.0, 0.0, 1.0])
+    policy = SamplingPolicy(
+        pi, 2, tuple(f"block.{i}" for i in range(4)), train_embeddings=False
+    )
+    config = policy.to_lisa_config(interval=1, seed=3)
+    assert (config.gamma, config.interval, config.seed) == (2, 1, 3)
+    assert config.train_embeddings is False and config.train_head is True
+    engine = Lisa(model, torch.optim.AdamW(model.parameters()), config)
+    for step in range(5):
+        assert engine.begin_step(step) == (1, 3)
+    assert not model.get_input_embeddings().weight.requires_grad
