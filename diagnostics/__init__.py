@@ -9,11 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from diagnostics.diagnose import DiagnoseSettings, Diagnosis, diagnose
+from diagnostics.finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    evaluate_loss,
+    finetune,
+    generate_answers,
+)
 from diagnostics.norms import NORM_KINDS, REDUCTIONS, layer_norms
 from diagnostics.plots import (
     inclusion_frequencies,
     plot_inclusion_frequencies,
     plot_layer_norms,
+    plot_loss_curve,
     plot_norm_heatmap,
     plot_policy,
 )
@@ -28,12 +36,17 @@ __all__ = [
     "REDUCTIONS",
     "DiagnoseSettings",
     "Diagnosis",
+    "FinetuneConfig",
+    "FinetuneResult",
     "NormRecorder",
     "NormRecorderCallback",
     "SamplingPolicy",
     "block_means",
     "derive_policy",
     "diagnose",
+    "evaluate_loss",
+    "finetune",
+    "generate_answers",
     "gini",
     "inclusion_frequencies",
     "layer_norms",
@@ -44,6 +57,7 @@ __all__ = [
     "mean_norms",
     "plot_inclusion_frequencies",
     "plot_layer_norms",
+    "plot_loss_curve",
     "plot_norm_heatmap",
     "plot_policy",
     "run_probe",

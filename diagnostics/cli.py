@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "policy": ("policy", "derive a sampling policy (JSON) from a saved norms table"),
     "plot": ("plot", "redraw diagnostics plots from saved norms, policy and history files"),
+    "train": (
+        "train",
+        "fine-tune with LISA, LoRA or FT; held-out loss and accuracy before and after",
+    ),
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "inclusion_frequencies",
     "plot_inclusion_frequencies",
     "plot_layer_norms",
+    "plot_loss_curve",
     "plot_norm_heatmap",
     "plot_policy",
 ]
@@ -333,4 +334,49 @@ def plot_inclusion_frequencies(
     axis.set_ylabel("inclusion frequency")
     axis.set_title(f"Realised inclusion over {int(frame['draws'].iloc[0])} draws vs policy")
     axis.legend()
+    return _save(figure, path)
+
+
+def plot_loss_curve(history: Any, path: str | os.PathLike | None = None, *, title: str | None = None):
+    """Training loss against optimizer step, one line per method when there are several.
+
+    Args:
+        history: a trainer log history (``trainer.state.log_history``: a list of dicts) or a
+            DataFrame with columns ``step`` and ``loss`` and optionally ``method``; rows without
+            a loss (evaluation or summary rows) are ignored.
+        path: where to save the figure (the suffix picks the format), or None.
+        title: figure title; defaults to "Training loss".
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> figure = plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+        >>> figure.axes[0].get_xlabel()
+        'optimizer step'
+    """
+    import seaborn as sns
+
+    table = history if isinstance(history, pd.DataFrame) else pd.DataFrame(list(history))
+    if "loss" not in table.columns or "step" not in table.columns:
+        raise ValueError(
+            f"history needs 'step' and 'loss' columns, got {list(table.columns)}; pass "
+            "trainer.state.log_history with logging_steps >= 1"
+        )
+    table = table.dropna(subset=["loss"])
+    if table.empty:
+        raise ValueError("history has no logged training loss to plot")
+    figure, (axes,) = _figure(6.4, 4.0)
+    sns.lineplot(
+        data=table,
+        x="step",
+        y="loss",
+        hue="method" if "method" in table.columns else None,
+        ax=axes,
+        marker="." if len(table) <= 60 else None,
+    )
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss (response tokens)")
+    axes.set_title(title or "Training loss")
+    axes.grid(alpha=0.3)
     return _save(figure, path)

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from lisa.data import (
+    DataCollator,
+    extract_answer,
+    load_examples,
+    load_jsonl,
+    make_math_problems,
+    tokenize_examples,
+)
 from lisa.layers import EMBED, EXTRAS, HEAD, LayerMap, block_group, block_index
 from lisa.memory import (
     grad_bytes,
@@ -17,6 +25,7 @@ from lisa.memory import (
     parameter_bytes,
     tensor_bytes,
 )
+from lisa.models import DEFAULT_MODEL, available_models, load_model
 from lisa.samplers import (
     BernoulliSampler,
     CyclicSampler,
@@ -36,12 +45,14 @@ from lisa.switching import STATE_POLICIES, Lisa, LisaConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "EMBED",
     "EXTRAS",
     "HEAD",
     "STATE_POLICIES",
     "BernoulliSampler",
     "CyclicSampler",
+    "DataCollator",
     "FixedSampler",
     "LayerMap",
     "Lisa",
@@ -52,11 +63,17 @@ __all__ = [
     "UniformSampler",
     "WeightedSampler",
     "__version__",
+    "available_models",
     "available_samplers",
     "block_group",
     "block_index",
+    "extract_answer",
     "grad_bytes",
     "inclusion_probabilities_from_scores",
+    "load_examples",
+    "load_jsonl",
+    "load_model",
+    "make_math_problems",
     "make_sampler",
     "memory_report",
     "minimum_optimizer_state_bytes",
@@ -65,6 +82,7 @@ __all__ = [
     "register_sampler",
     "systematic_sample",
     "tensor_bytes",
+    "tokenize_examples",
 ]
 
 
