@@ -28,10 +28,10 @@ def _entry(qualified: str, obj: object) -> list[str]:
     elif callable(obj):
         lines.append(f"### `{qualified}{_signature(obj)}`")
     else:
-        lines.append(f"### `{qualified}`")
+        # A constant: its value is its documentation.
+        return [f"### `{qualified}`", "", f"Constant: `{obj!r}`", ""]
     lines.append("")
-    doc = inspect.getdoc(obj) if (inspect.isclass(obj) or callable(obj)) else None
-    lines.append(doc or "(no docstring)")
+    lines.append(inspect.getdoc(obj) or "(no docstring)")
     lines.append("")
     if inspect.isclass(obj):
         for name, member in sorted(vars(obj).items()):
