@@ -38,6 +38,7 @@ from lisa.data import (
     prompt_text,
     tokenize_examples,
 )
+from lisa.memory import optimizer_state_bytes
 from lisa.switching import LisaConfig
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,8 @@ def finetune(
             "train_loss_last": float(losses.iloc[-1]) if len(losses) else None,
             "train_runtime_s": round(elapsed, 3),
             "seconds_per_step": round(elapsed / config.steps, 4),
+            # Measured on the optimizer the Trainer built, after the last step.
+            "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
             "versions": _versions(),
         }
     )

@@ -188,11 +188,20 @@ def plot_norm_heatmap(
     return _save(figure, path)
 
 
+def _target_probabilities(source: Any) -> tuple[np.ndarray, float]:
+    """(pi, gamma) of a SamplingPolicy (attribute) or any lisa Sampler (method)."""
+    pi = source.inclusion_probabilities
+    pi = np.asarray(pi() if callable(pi) else pi, dtype=np.float64)
+    # Designs without a fixed size (bernoulli) draw sum(pi) blocks on average.
+    gamma = getattr(source, "gamma", None)
+    return pi, float(pi.sum() if gamma is None else gamma)
+
+
 def plot_policy(policy, path: str | os.PathLike | None = None):
     """Bar chart of a policy's inclusion probabilities against uniform gamma / N.
 
     Args:
-        policy: a SamplingPolicy.
+        policy: a SamplingPolicy, or any sampler (its ``inclusion_probabilities()``).
         path: where to save.
 
     Returns:
@@ -200,16 +209,16 @@ def plot_policy(policy, path: str | os.PathLike | None = None):
     """
     import seaborn as sns
 
-    pi = np.asarray(policy.inclusion_probabilities, dtype=np.float64)
+    pi, gamma = _target_probabilities(policy)
     frame = pd.DataFrame({"block": np.arange(pi.size).astype(str), "probability": pi})
     figure, (axis,) = _figure(max(6.0, 0.22 * pi.size + 2), 4.0)
     sns.barplot(data=frame, x="block", y="probability", ax=axis, color="tab:blue")
-    uniform = policy.gamma / pi.size
+    uniform = gamma / pi.size
     axis.axhline(uniform, color="tab:red", linestyle="--", label=f"uniform gamma/N = {uniform:.3f}")
     axis.set_ylim(0, 1.05)
     axis.set_xlabel("block")
     axis.set_ylabel("inclusion probability")
-    axis.set_title(f"Sampling policy (gamma = {policy.gamma} of {pi.size} blocks)")
+    axis.set_title(f"Sampling policy (gamma = {gamma:g} of {pi.size} blocks)")
     axis.legend()
     return _save(figure, path)
 
@@ -303,8 +312,7 @@ def plot_inclusion_frequencies(
 
     Args:
         history: the run's active sets (see ``inclusion_frequencies``).
-        policy: the SamplingPolicy (or any object with ``inclusion_probabilities`` and
-            ``gamma``) the run sampled from.
+        policy: the SamplingPolicy, or the sampler, the run drew from.
         path: where to save.
 
     Returns:
@@ -313,7 +321,7 @@ def plot_inclusion_frequencies(
     """
     import seaborn as sns
 
-    pi = np.asarray(policy.inclusion_probabilities, dtype=np.float64)
+    pi, _ = _target_probabilities(policy)
     frame = inclusion_frequencies(history, pi.size)
     frame["label"] = frame["block"].astype(str)
     figure, (axis,) = _figure(max(6.0, 0.22 * pi.size + 2), 4.0)

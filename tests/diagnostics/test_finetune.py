@@ -19,6 +19,7 @@ from diagnostics.finetune import (
 )
 from diagnostics.plots import plot_loss_curve
 from lisa.data import DataCollator, make_math_problems, tokenize_examples
+from lisa.memory import minimum_optimizer_state_bytes
 from lisa.models import load_model
 from lisa.switching import LisaConfig
 
@@ -66,6 +67,10 @@ def test_each_method_trains_scores_and_writes_its_files(method, tmp_path):
     ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(pd.read_csv(tmp_path / "predictions_after.csv")) == len(EVAL)
+    # The state the Trainer's AdamW held at the end is exactly that of what trains then
+    # (for LISA: E, H, extras and the last draw's blocks; the engine freed the rest).
+    still_training = [p for p in result.model.parameters() if p.requires_grad]
+    assert metrics["optimizer_state_bytes"] == minimum_optimizer_state_bytes(still_training)
 
     if method == "lora":
         # Base weights frozen; only the adapters (all 7 linear layers of the 4 blocks) train.

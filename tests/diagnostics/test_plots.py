@@ -113,3 +113,15 @@ def test_plotting_leaves_pyplot_alone(table):
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []
+
+
+def test_plots_accept_a_sampler_as_well_as_a_policy(tmp_path):
+    from diagnostics.plots import plot_inclusion_frequencies, plot_policy
+    from lisa.samplers import make_sampler
+
+    sampler = make_sampler("bernoulli", 4, probabilities=[1.0, 0.5, 0.5, 0.0])
+    figure = plot_policy(sampler, tmp_path / "policy.png")
+    assert "gamma = 2 of 4 blocks" in figure.axes[0].get_title()
+    history = [(step, (0, 1 + step % 2)) for step in range(10)]
+    plot_inclusion_frequencies(history, sampler, tmp_path / "frequencies.png")
+    assert (tmp_path / "policy.png").exists() and (tmp_path / "frequencies.png").exists()

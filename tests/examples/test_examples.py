@@ -125,7 +125,7 @@ def test_compare_methods_prints_one_row_per_method(tmp_path):
     table = pd.read_csv(tmp_path / "comparison.csv").set_index("method")
     assert table.index.tolist() == ["lisa", "lora", "ft"]
     assert table["loss_before"].nunique() == 1  # one starting point for every method
-    state = table["adamw_state_bytes"]
+    state = table["optimizer_state_bytes"]
     assert state["lora"] < state["lisa"] < state["ft"]
     for method in ("lisa", "lora", "ft"):
         assert (tmp_path / method / "metrics.json").is_file()
