@@ -1,75 +1,62 @@
 """Diagnostics for LISA: per-layer norms, skew analysis, policy derivation and plots.
 
-Plotting loads matplotlib and seaborn only when a plot is drawn, and the Trainer callback of
-the recorder loads transformers' Trainer only when asked for.
+Names load on first use (PEP 562), so `import diagnostics` is cheap and the `lisa` command
+line, which lives in this package, answers `lisa --version` without importing torch. Plotting
+loads matplotlib and seaborn only when a plot is drawn.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from diagnostics.diagnose import DiagnoseSettings, Diagnosis, diagnose
-from diagnostics.finetune import (
-    FinetuneConfig,
-    FinetuneResult,
-    evaluate_loss,
-    finetune,
-    generate_answers,
-)
-from diagnostics.norms import NORM_KINDS, REDUCTIONS, layer_norms
-from diagnostics.plots import (
-    inclusion_frequencies,
-    plot_inclusion_frequencies,
-    plot_layer_norms,
-    plot_loss_curve,
-    plot_norm_heatmap,
-    plot_policy,
-)
-from diagnostics.policy import SamplingPolicy, block_means, derive_policy, layer_signature
-from diagnostics.probes import DEFAULT_LEARNING_RATES, lora_target_modules, run_probe
-from diagnostics.recorder import NormRecorder, load_norms, load_sidecar
-from diagnostics.skew import gini, mean_norms, side_by_side, skew_summary
+# public name -> module that defines it (no module is named like a function it exports: an
+# imported submodule would shadow that name on the package)
+_EXPORTS: dict[str, str] = {
+    "DiagnoseSettings": "diagnostics.pipeline",
+    "Diagnosis": "diagnostics.pipeline",
+    "diagnose": "diagnostics.pipeline",
+    "FinetuneConfig": "diagnostics.training",
+    "FinetuneResult": "diagnostics.training",
+    "evaluate_loss": "diagnostics.training",
+    "finetune": "diagnostics.training",
+    "generate_answers": "diagnostics.training",
+    "NORM_KINDS": "diagnostics.norms",
+    "REDUCTIONS": "diagnostics.norms",
+    "layer_norms": "diagnostics.norms",
+    "inclusion_frequencies": "diagnostics.plots",
+    "plot_inclusion_frequencies": "diagnostics.plots",
+    "plot_layer_norms": "diagnostics.plots",
+    "plot_loss_curve": "diagnostics.plots",
+    "plot_norm_heatmap": "diagnostics.plots",
+    "plot_policy": "diagnostics.plots",
+    "SamplingPolicy": "diagnostics.policy",
+    "block_means": "diagnostics.policy",
+    "derive_policy": "diagnostics.policy",
+    "layer_signature": "diagnostics.policy",
+    "DEFAULT_LEARNING_RATES": "diagnostics.probes",
+    "lora_target_modules": "diagnostics.probes",
+    "run_probe": "diagnostics.probes",
+    "NormRecorder": "diagnostics.recorder",
+    "load_norms": "diagnostics.recorder",
+    "load_sidecar": "diagnostics.recorder",
+    "NormRecorderCallback": "diagnostics.recorder_callback",
+    "gini": "diagnostics.skew",
+    "mean_norms": "diagnostics.skew",
+    "side_by_side": "diagnostics.skew",
+    "skew_summary": "diagnostics.skew",
+}
 
-__all__ = [
-    "DEFAULT_LEARNING_RATES",
-    "NORM_KINDS",
-    "REDUCTIONS",
-    "DiagnoseSettings",
-    "Diagnosis",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "NormRecorder",
-    "NormRecorderCallback",
-    "SamplingPolicy",
-    "block_means",
-    "derive_policy",
-    "diagnose",
-    "evaluate_loss",
-    "finetune",
-    "generate_answers",
-    "gini",
-    "inclusion_frequencies",
-    "layer_norms",
-    "layer_signature",
-    "load_norms",
-    "load_sidecar",
-    "lora_target_modules",
-    "mean_norms",
-    "plot_inclusion_frequencies",
-    "plot_layer_norms",
-    "plot_loss_curve",
-    "plot_norm_heatmap",
-    "plot_policy",
-    "run_probe",
-    "side_by_side",
-    "skew_summary",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    # The callback adapter pulls in transformers' Trainer machinery; load it only when asked for.
-    if name == "NormRecorderCallback":
-        from diagnostics.recorder_callback import NormRecorderCallback
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return NormRecorderCallback
-    raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -3,7 +3,7 @@
 LISA rests on one measurement (Pan et al. 2024, Figure 2): over a short run, the mean norm of
 each layer, w^l = (1/T) sum_t ||theta_t^l||, is lopsided under LoRA (the embedding E and/or the
 head H dwarf the middle blocks) and flat under full fine-tuning (FT). This script repeats that
-measurement on any model `lisa.models.load_model` accepts, through `diagnostics.diagnose` (the
+measurement on any model `lisa.models.load_model` accepts, through `diagnostics.pipeline` (the
 pipeline behind `lisa diagnose`): a LoRA probe and an FT probe on the same batches (each trains a
 copy, never the model you pass), the norms you ask for recorded at every step, then the skew
 summary (E and H over the median block, Gini coefficient over blocks, LoRA and FT side by side,
@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diagnostics.diagnose import DiagnoseSettings, diagnose
+from diagnostics.pipeline import DiagnoseSettings, diagnose
 from diagnostics.skew import mean_norms, side_by_side
 from lisa.data import load_examples, tokenize_examples
 from lisa.layers import LayerMap

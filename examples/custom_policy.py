@@ -21,7 +21,7 @@ differ), and used for a short LISA run through the `weighted` sampler. `lisa tra
     python examples/custom_policy.py --model tiny-llama --steps 2 --out /tmp/policy  # seconds
 
 Without --norms it first runs short LoRA and FT probes (--probe-steps) with
-`diagnostics.diagnose`, recording "weight" and "delta" norms (its files go to <out>/probes).
+`diagnostics.pipeline`, recording "weight" and "delta" norms (its files go to <out>/probes).
 --kind picks which the scores use: "weight" is the paper's formula; "delta" (how far each layer
 moved) separates the blocks more after a short probe. Writes into --out: policy_paper.json,
 policy_tuned.json, policy_edited.json, policy.json (the one trained with), policy.png, the run's
@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diagnostics.diagnose import DiagnoseSettings, diagnose
-from diagnostics.finetune import FinetuneConfig, finetune
+from diagnostics.pipeline import DiagnoseSettings, diagnose
 from diagnostics.plots import plot_inclusion_frequencies, plot_policy
 from diagnostics.policy import SamplingPolicy, derive_policy
 from diagnostics.recorder import load_norms
+from diagnostics.training import FinetuneConfig, finetune
 from lisa.data import load_examples
 from lisa.layers import LayerMap
 from lisa.models import DEFAULT_MODEL, load_model

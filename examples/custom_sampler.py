@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diagnostics.finetune import FinetuneConfig, finetune
 from diagnostics.plots import inclusion_frequencies, plot_inclusion_frequencies
 from diagnostics.policy import SamplingPolicy
+from diagnostics.training import FinetuneConfig, finetune
 from lisa.data import load_examples
 from lisa.layers import LayerMap, block_group
 from lisa.models import DEFAULT_MODEL, load_model

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diagnostics.finetune import DEFAULT_LEARNING_RATES, evaluate_loss
+from diagnostics.training import DEFAULT_LEARNING_RATES, evaluate_loss
 from lisa.data import DataCollator, load_examples, tokenize_examples
 from lisa.memory import memory_report, minimum_optimizer_state_bytes
 from lisa.models import DEFAULT_MODEL, load_model

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from transformers import Trainer, TrainingArguments
 
-from diagnostics.finetune import DEFAULT_LEARNING_RATES
+from diagnostics.training import DEFAULT_LEARNING_RATES
 from lisa.callback import LisaCallback
 from lisa.data import DataCollator, load_examples, tokenize_examples
 from lisa.memory import memory_report

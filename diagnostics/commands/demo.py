@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from diagnostics.diagnose import DiagnoseSettings, diagnose
-    from diagnostics.finetune import FinetuneConfig, finetune
+    from diagnostics.pipeline import DiagnoseSettings, diagnose
     from diagnostics.skew import side_by_side
+    from diagnostics.training import FinetuneConfig, finetune
     from lisa.data import load_examples
     from lisa.models import load_model
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Run both probes and write norms.csv/.json, skew.csv, policy.json and plots into --out."""
     import pandas as pd
 
-    from diagnostics.diagnose import DiagnoseSettings, diagnose
+    from diagnostics.pipeline import DiagnoseSettings, diagnose
     from diagnostics.skew import side_by_side
     from lisa.data import load_examples
     from lisa.layers import LayerMap

@@ -17,7 +17,7 @@ DEFAULT_TRAIN_EXAMPLES = 1000
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of `lisa train`."""
-    from diagnostics.finetune import (
+    from diagnostics.training import (
         DEFAULT_LEARNING_RATES,
         DEFAULT_LISA_GAMMA,
         DEFAULT_LISA_INTERVAL,
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from diagnostics.finetune import DEFAULT_LISA_GAMMA, FinetuneConfig, finetune
+    from diagnostics.training import DEFAULT_LISA_GAMMA, FinetuneConfig, finetune
     from lisa.data import load_examples
     from lisa.models import load_model
     from lisa.switching import LisaConfig

@@ -43,3 +43,16 @@ def test_unknown_command_is_an_error(capsys):
 def test_every_command_module_has_configure_and_run(command):
     module = importlib.import_module(f"diagnostics.commands.{cli.COMMANDS[command][0]}")
     assert callable(module.configure) and callable(module.run)
+
+
+def test_every_exported_name_resolves_to_its_object_even_after_its_module_loaded():
+    # A submodule named like one of its functions would shadow the function on the package
+    # once imported; run in a fresh interpreter so import order is the one a user sees.
+    code = (
+        "import importlib, diagnostics\n"
+        "for module in set(diagnostics._EXPORTS.values()): importlib.import_module(module)\n"
+        "bad = [n for n in diagnostics.__all__ if type(getattr(diagnostics, n)).__name__ == 'module']\n"
+        "print(bad)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

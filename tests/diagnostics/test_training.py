@@ -1,4 +1,4 @@
-"""Tests for diagnostics.finetune: one runner for LISA, LoRA and FT on a tiny model."""
+"""Tests for diagnostics.training: one runner for LISA, LoRA and FT on a tiny model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics.finetune import (
+from diagnostics.plots import plot_loss_curve
+from diagnostics.training import (
     DEFAULT_LEARNING_RATES,
     FinetuneConfig,
     evaluate_loss,
@@ -17,7 +18,6 @@ from diagnostics.finetune import (
     generate_answers,
     lora_wrap,
 )
-from diagnostics.plots import plot_loss_curve
 from lisa.data import DataCollator, make_math_problems, tokenize_examples
 from lisa.memory import minimum_optimizer_state_bytes
 from lisa.models import load_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diagnostics.diagnose import DiagnoseSettings, diagnose
+from diagnostics.pipeline import DiagnoseSettings, diagnose
 from diagnostics.policy import SamplingPolicy
 from diagnostics.recorder import load_norms
 from lisa.data import make_math_problems

@@ -1,4 +1,4 @@
-"""diagnose: both probes, the norms table, the skew summary, a policy and the plots, in one call.
+"""diagnostics.pipeline: both probes, the norms table, the skew summary, a policy and the plots.
 
 This is the pipeline behind `lisa diagnose` and the first half of `lisa demo`, as a function so
 that scripts and notebooks get the same files and objects the CLI writes.
