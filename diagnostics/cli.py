@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in COMMANDS:
         module = importlib.import_module(f"diagnostics.commands.{COMMANDS[command][0]}")
-        subparsers = next(
-            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-        )
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         module.configure(subparsers.choices[command])
     args = parser.parse_args(argv)
     logging.basicConfig(

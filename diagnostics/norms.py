@@ -301,8 +301,12 @@ def layer_norms(
         pandas Series of float64 indexed by group name (in layer-map order), named ``kind``.
 
     Example:
-        >>> norms = layer_norms(model, kind="weight")          # doctest: +SKIP
-        >>> float(norms["block.0"]) > 0                        # doctest: +SKIP
+        >>> from lisa.models import load_model
+        >>> model, _ = load_model("tiny-llama")
+        >>> norms = layer_norms(model, kind="weight")
+        >>> norms.index.tolist()
+        ['embed', 'block.0', 'block.1', 'block.2', 'block.3', 'head', 'extras']
+        >>> float(norms["block.0"]) > 0
         True
     """
     if kind not in NORM_KINDS:

@@ -139,9 +139,19 @@ def diagnose(
         A :class:`Diagnosis`.
 
     Example:
-        >>> diagnosis = diagnose(model, tokenizer, examples, "diag")  # doctest: +SKIP
-        >>> diagnosis.policy.inclusion_probabilities.sum()            # doctest: +SKIP
+        >>> import tempfile
+        >>> from lisa.data import make_math_problems
+        >>> from lisa.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> examples = make_math_problems(1)
+        >>> settings = DiagnoseSettings(steps=1, batch_size=1, max_length=384, rank=2,
+        ...                             progress=False)
+        >>> diagnosis = diagnose(model, tokenizer, examples, tempfile.mkdtemp(), settings)
+        >>> round(float(diagnosis.policy.inclusion_probabilities.sum()), 6)  # = gamma
         2.0
+        >>> sorted(diagnosis.files)  # doctest: +NORMALIZE_WHITESPACE
+        ['layer_norms.png', 'norm_heatmap.png', 'norms.csv', 'norms.json', 'policy.json',
+         'policy.png', 'skew.csv']
     """
     settings = settings or DiagnoseSettings()
     started = time.perf_counter()

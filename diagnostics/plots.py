@@ -345,7 +345,9 @@ def plot_inclusion_frequencies(
     return _save(figure, path)
 
 
-def plot_loss_curve(history: Any, path: str | os.PathLike | None = None, *, title: str | None = None):
+def plot_loss_curve(
+    history: Any, path: str | os.PathLike | None = None, *, title: str | None = None
+):
     """Training loss against optimizer step, one line per method when there are several.
 
     Args:

@@ -163,9 +163,16 @@ def run_probe(
         step and ``table.attrs["record_seconds"]`` the time spent recording.
 
     Example:
-        >>> table = run_probe(model, examples, "ft", steps=2, tokenizer=tok, progress=False)  # doctest: +SKIP
-        >>> sorted(table["step"].unique())                                                     # doctest: +SKIP
+        >>> from lisa.data import make_math_problems
+        >>> from lisa.models import load_model
+        >>> model, tok = load_model("tiny-llama")
+        >>> examples = make_math_problems(2)
+        >>> table = run_probe(model, examples, "ft", steps=2, batch_size=1, max_length=384,
+        ...                   tokenizer=tok, progress=False)
+        >>> sorted(table["step"].unique().tolist())
         [0, 1, 2]
+        >>> len(table.attrs["losses"])
+        2
     """
     if method not in ("lora", "ft"):
         raise ValueError(f"method={method!r} must be 'lora' or 'ft'")

@@ -114,11 +114,15 @@ class NormRecorder:
         ``record`` returns the new rows; ``table`` all rows so far (a copy).
 
     Example:
-        >>> recorder = NormRecorder(kinds=("weight",), method="ft")   # doctest: +SKIP
-        >>> for step in range(3):                                     # doctest: +SKIP
-        ...     recorder.record(step, model); train_step(model)
-        >>> recorder.table.columns[:3].tolist()                       # doctest: +SKIP
+        >>> from lisa.models import load_model
+        >>> model, _ = load_model("tiny-llama")
+        >>> recorder = NormRecorder(kinds=("weight",), method="ft")
+        >>> for step in range(3):
+        ...     rows = recorder.record(step, model)  # then train a step
+        >>> recorder.table.columns[:3].tolist()
         ['run', 'method', 'step']
+        >>> len(recorder.table)  # 3 steps x 7 groups
+        21
     """
 
     def __init__(

@@ -20,8 +20,27 @@ class NormRecorderCallback(TrainerCallback):
         recorder: the NormRecorder to drive; its ``path`` (if any) is saved at the end.
 
     Example:
-        >>> recorder = NormRecorder(kinds=("weight",), method="ft", path="out")  # doctest: +SKIP
-        >>> trainer = Trainer(..., callbacks=[NormRecorderCallback(recorder)])  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> from transformers import Trainer, TrainingArguments
+        >>> from lisa.data import DataCollator, make_math_problems, tokenize_examples
+        >>> from lisa.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> data = tokenize_examples(make_math_problems(4), tokenizer, max_length=384)
+        >>> out = tempfile.mkdtemp()
+        >>> args = TrainingArguments(
+        ...     output_dir=out, max_steps=2, per_device_train_batch_size=2, report_to=[],
+        ...     use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True)
+        >>> recorder = NormRecorder(kinds=("weight",), method="ft", path=out)
+        >>> trainer = Trainer(model, args, train_dataset=data,
+        ...                   data_collator=DataCollator(tokenizer),
+        ...                   callbacks=[NormRecorderCallback(recorder)])
+        >>> trainer.train()  # doctest: +ELLIPSIS
+        {'loss': ...}
+        TrainOutput(global_step=2, ...)
+        >>> recorder.table["step"].unique().tolist()
+        [0, 1, 2]
+        >>> sorted(name for name in os.listdir(out) if name.startswith("norms"))
+        ['norms.csv', 'norms.json']
     """
 
     def __init__(self, recorder: NormRecorder) -> None:

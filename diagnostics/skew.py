@@ -142,8 +142,19 @@ def skew_summary(
         ``_low`` / ``_high`` interval ends (NaN with fewer than two steps or no such group).
 
     Example:
-        >>> summary = skew_summary(load_norms("out/norms.csv"))   # doctest: +SKIP
-        >>> summary[["method", "embed_ratio", "gini"]]            # doctest: +SKIP
+        >>> import tempfile
+        >>> from diagnostics.recorder import NormRecorder, load_norms
+        >>> from lisa.models import load_model
+        >>> model, _ = load_model("tiny-llama")
+        >>> out = tempfile.mkdtemp()
+        >>> recorder = NormRecorder(kinds=("weight",), method="ft", path=out)
+        >>> for step in range(3):
+        ...     rows = recorder.record(step, model)
+        >>> csv_path = recorder.save()
+        >>> summary = skew_summary(load_norms(csv_path))
+        >>> summary[["method", "num_steps", "num_blocks", "embed_ratio"]].round(3)
+          method  num_steps  num_blocks  embed_ratio
+        0     ft          3           4        0.239
     """
     if not 0 < confidence_level < 1:
         raise ValueError(f"confidence_level={confidence_level!r} must lie strictly between 0 and 1")

@@ -39,11 +39,25 @@ class LisaCallback(TrainerCallback, ExportableState):
         config: the LisaConfig (a dict of its fields is accepted, as a checkpoint stores it).
 
     Example:
-        >>> callback = LisaCallback(LisaConfig(gamma=2, interval=5))
-        >>> trainer = Trainer(model, args, train_dataset=data, callbacks=[callback])  # doctest: +SKIP
-        >>> trainer.train()  # doctest: +SKIP
-        >>> callback.lisa.history  # doctest: +SKIP
-        [(0, (1, 3)), (5, (0, 2))]
+        >>> import tempfile
+        >>> from transformers import Trainer, TrainingArguments
+        >>> from lisa.data import DataCollator, make_math_problems, tokenize_examples
+        >>> from lisa.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> data = tokenize_examples(make_math_problems(4), tokenizer, max_length=384)
+        >>> args = TrainingArguments(
+        ...     output_dir=tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2,
+        ...     report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True)
+        >>> callback = LisaCallback(LisaConfig(gamma=2, interval=1))
+        >>> trainer = Trainer(model, args, train_dataset=data,
+        ...                   data_collator=DataCollator(tokenizer), callbacks=[callback])
+        >>> trainer.train()  # doctest: +ELLIPSIS
+        {'loss': ..., 'lisa_active_blocks': '2,3', 'lisa_freed_bytes': 0}
+        {'loss': ..., 'lisa_active_blocks': '0,1', 'lisa_freed_bytes': ...}
+        {'train_runtime': ..., 'lisa_active_blocks': '0,1', 'lisa_freed_bytes': 0}
+        TrainOutput(global_step=2, ...)
+        >>> callback.lisa.history
+        [(0, (2, 3)), (1, (0, 1))]
     """
 
     def __init__(self, config: LisaConfig | Mapping[str, Any] | None) -> None:

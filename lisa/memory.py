@@ -165,7 +165,13 @@ def memory_report(
         in LayerMap order, then "total" (storages counted once over the whole model).
 
     Example:
-        >>> memory_report(model, optimizer).set_index("group").loc["total", "grad_bytes"]  # doctest: +SKIP
+        >>> from lisa.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> optimizer = torch.optim.AdamW(model.parameters())
+        >>> report = memory_report(model, optimizer).set_index("group")
+        >>> report.index.tolist()
+        ['embed', 'block.0', 'block.1', 'block.2', 'block.3', 'head', 'extras', 'total']
+        >>> int(report.loc["total", "grad_bytes"])  # no backward pass yet
         0
     """
     layer_map = LayerMap.from_model(model) if layer_map is None else layer_map

@@ -179,9 +179,14 @@ class Lisa:
         layer_map: a LayerMap of `model`; built with config.blocks_path when None.
 
     Example:
-        >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=1, interval=2))  # doctest: +SKIP
-        >>> lisa.begin_step()  # doctest: +SKIP
+        >>> from lisa.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> optimizer = torch.optim.AdamW(model.parameters())
+        >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=1, interval=2))
+        >>> lisa.begin_step()
         (3,)
+        >>> lisa.trainable_groups()
+        ('embed', 'block.3', 'head', 'extras')
     """
 
     def __init__(
@@ -369,8 +374,12 @@ class Lisa:
             the active blocks for this step (sorted).
 
         Example:
-            >>> lisa.begin_step()  # doctest: +SKIP
-            (0, 3)
+            >>> from lisa.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> optimizer = torch.optim.AdamW(model.parameters())
+            >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=2, interval=2))
+            >>> [lisa.begin_step() for _ in range(4)]  # a new draw every 2 steps
+            [(2, 3), (2, 3), (0, 1), (0, 1)]
         """
         if step is None:
             step = self._next_step
@@ -428,7 +437,15 @@ class Lisa:
             dict that `load_state_dict` restores (json.dumps-able).
 
         Example:
-            >>> json.dumps(lisa.state_dict())  # doctest: +SKIP
+            >>> import json
+            >>> from lisa.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> lisa = Lisa(model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> sorted(json.loads(json.dumps(lisa.state_dict())))  # doctest: +NORMALIZE_WHITESPACE
+            ['active_blocks', 'freed_bytes_total', 'history', 'interval', 'num_blocks',
+             'period', 'rng', 'sampler', 'step', 'version']
         """
         sampler_state = None
         if callable(getattr(self.sampler, "state_dict", None)):
@@ -453,7 +470,18 @@ class Lisa:
             state: the dict from `state_dict()` (possibly through JSON).
 
         Example:
-            >>> lisa.load_state_dict(json.loads(text))  # doctest: +SKIP
+            >>> import json
+            >>> from lisa.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> optimizer = torch.optim.AdamW(model.parameters())
+            >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> text = json.dumps(lisa.state_dict())
+            >>> resumed = Lisa(model, optimizer, LisaConfig(gamma=1))
+            >>> resumed.load_state_dict(json.loads(text))
+            >>> resumed.begin_step() == lisa.begin_step()  # the same next draw
+            True
         """
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
@@ -508,7 +536,14 @@ class Lisa:
             the parameters of `trainable_groups()` that are in the optimizer.
 
         Example:
-            >>> minimum_optimizer_state_bytes(lisa.trainable_parameters())  # doctest: +SKIP
+            >>> from lisa.memory import minimum_optimizer_state_bytes
+            >>> from lisa.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> lisa = Lisa(model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> minimum_optimizer_state_bytes(lisa.trainable_parameters())
+            624176
         """
         trained = self._trained_groups(self.active_blocks)
         return [p for group, params in self._groups.items() if group in trained for p in params]
