@@ -18,10 +18,11 @@ import pandas as pd
 from torch import nn
 
 from diagnostics import plots
+from diagnostics.files import atomic_write_text, library_versions
 from diagnostics.norms import NORM_KINDS, REDUCTIONS
 from diagnostics.policy import SamplingPolicy, derive_policy
 from diagnostics.probes import run_probe
-from diagnostics.recorder import COLUMNS, _atomic_write_text, _versions, load_norms
+from diagnostics.recorder import COLUMNS, load_norms
 from diagnostics.skew import skew_summary
 from lisa.layers import LayerMap
 
@@ -202,7 +203,7 @@ def diagnose(
 
     table = pd.concat(tables, ignore_index=True)[list(COLUMNS)]
     norms_path = out / "norms.csv"
-    _atomic_write_text(norms_path, table.to_csv(index=False))
+    atomic_write_text(norms_path, table.to_csv(index=False))
     sidecar = {
         "format": "lisa-norms-sidecar",
         "version": 1,
@@ -216,16 +217,16 @@ def diagnose(
         "settings": asdict(settings),
         "command": dict(command or {}),
         "probes": probe_records,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
-    _atomic_write_text(out / "norms.json", json.dumps(sidecar, indent=2, default=str) + "\n")
+    atomic_write_text(out / "norms.json", json.dumps(sidecar, indent=2, default=str) + "\n")
     # The complete table and its sidecar are on disk: the per-probe stream files are redundant.
     for method in probe_records:
         (out / f"norms-{method}.csv").unlink(missing_ok=True)
         (out / f"norms-{method}.json").unlink(missing_ok=True)
 
     summary = skew_summary(table, seed=settings.seed)
-    _atomic_write_text(out / "skew.csv", summary.to_csv(index=False))
+    atomic_write_text(out / "skew.csv", summary.to_csv(index=False))
     kind, reduce = settings.resolved_policy_kind, settings.reduce[0]
     policy = derive_policy(
         table,

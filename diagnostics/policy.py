@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from diagnostics.files import atomic_write_text
 from lisa.layers import LayerMap, block_group
 from lisa.samplers import Sampler, inclusion_probabilities_from_scores, make_sampler
 from lisa.switching import LisaConfig
@@ -224,10 +225,8 @@ class SamplingPolicy:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the policy as JSON atomically (temporary file + os.replace)."""
-        from diagnostics.recorder import _atomic_write_text
-
         path = Path(path)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
         return path
 
     @classmethod

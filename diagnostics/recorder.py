@@ -17,10 +17,8 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from diagnostics.files import atomic_write_text, library_versions
 from diagnostics.norms import NORM_KINDS, REDUCTIONS, _lora_layers, layer_norms
 from lisa.layers import LayerMap, block_index
 
@@ -56,30 +55,6 @@ def sidecar_path(csv_path: str | os.PathLike) -> Path:
 def _resolve_csv(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path if path.suffix == ".csv" else path / "norms.csv"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for package in ("lisa-finetune", "torch", "transformers", "peft"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def _rows_to_csv(rows: list[dict], header: bool) -> str:
@@ -186,8 +161,8 @@ class NormRecorder:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # A fresh recording replaces an older file rather than appending to it.
-            _atomic_write_text(self.path, _rows_to_csv([], header=True))
-            _atomic_write_text(sidecar_path(self.path), self._sidecar_text())
+            atomic_write_text(self.path, _rows_to_csv([], header=True))
+            atomic_write_text(sidecar_path(self.path), self._sidecar_text())
             self._header_written = True
 
     def record(self, step: int, model: nn.Module, *, force: bool = False) -> pd.DataFrame:
@@ -247,7 +222,7 @@ class NormRecorder:
                 "method": self.method,
             },
             "settings": self.settings,
-            "versions": _versions(),
+            "versions": library_versions(),
             "rows": len(self._rows),
             "record_seconds": self.record_seconds,
             "record_count": self.record_count,
@@ -261,8 +236,8 @@ class NormRecorder:
         target = self.path if path is None else _resolve_csv(path)
         if target is None:
             raise ValueError("save() needs a path: this recorder was created with path=None")
-        _atomic_write_text(target, _rows_to_csv(self._rows, header=True))
-        _atomic_write_text(sidecar_path(target), self._sidecar_text())
+        atomic_write_text(target, _rows_to_csv(self._rows, header=True))
+        atomic_write_text(sidecar_path(target), self._sidecar_text())
         logger.info("saved %d norm rows to %s", len(self._rows), target)
         return target
 

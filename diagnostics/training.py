@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from diagnostics.files import atomic_write_text, library_versions
 from diagnostics.probes import lora_target_modules
 from lisa.data import (
     IGNORE_INDEX,
@@ -311,7 +311,7 @@ def finetune(
             "seconds_per_step": round(elapsed / config.steps, 4),
             # Measured on the optimizer the Trainer built, after the last step.
             "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
-            "versions": _versions(),
+            "versions": library_versions(),
         }
     )
     active_history: list[tuple[int, tuple[int, ...]]] = []
@@ -578,23 +578,23 @@ def write_run(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    written["metrics"] = _write_text(
+    written["metrics"] = atomic_write_text(
         out / "metrics.json", json.dumps(result.metrics, indent=2, default=str)
     )
-    written["log_history"] = _write_text(
+    written["log_history"] = atomic_write_text(
         out / "log_history.csv", result.log_history.to_csv(index=False)
     )
     for stage, table in result.predictions.items():
         if table.empty:
             continue
-        written[f"predictions_{stage}"] = _write_text(
+        written[f"predictions_{stage}"] = atomic_write_text(
             out / f"predictions_{stage}.csv", table.to_csv(index=False)
         )
     if result.metrics["method"] == "lisa":
         history = [
             {"step": step, "active_blocks": list(blocks)} for step, blocks in result.active_history
         ]
-        written["active_sets"] = _write_text(
+        written["active_sets"] = atomic_write_text(
             out / "active_sets.json", json.dumps(history, indent=1)
         )
     if "loss" in result.log_history and result.log_history["loss"].notna().any():
@@ -602,19 +602,6 @@ def write_run(result: FinetuneResult, out_dir: str | Path) -> dict[str, Path]:
         written["loss_curve"] = out / "loss_curve.png"
         plot_loss_curve(result.log_history, written["loss_curve"], title=title)
     return written
-
-
-def _write_text(path: Path, text: str) -> Path:
-    # Temp file in the same folder then rename: readers never see a half-written file.
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _model_name(model) -> str:
@@ -652,17 +639,3 @@ def _trainable_parameters(model, config: FinetuneConfig) -> int:
 def _lisa_gamma(lisa: LisaConfig, num_blocks: int) -> int:
     sampler_gamma = getattr(lisa.sampler, "gamma", None)
     return min(num_blocks, int(sampler_gamma if sampler_gamma is not None else lisa.gamma))
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    import lisa
-
-    return {
-        "lisa_finetune": lisa.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
