@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_LEARNING_RATES": "diagnostics.probes",
     "lora_target_modules": "diagnostics.probes",
     "run_probe": "diagnostics.probes",
+    "wrap_lora": "diagnostics.probes",
     "NormRecorder": "diagnostics.recorder",
     "load_norms": "diagnostics.recorder",
     "load_sidecar": "diagnostics.recorder",

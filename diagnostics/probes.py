@@ -88,19 +88,45 @@ def _collator(tokenizer, model: nn.Module):
     return DataCollator(pad_token_id=0 if pad is None else int(pad))
 
 
-def _wrap_lora(model: nn.Module, layer_map: LayerMap, rank: int, alpha: float | None, seed: int):
+def wrap_lora(
+    model: nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    seed: int = 0,
+    layer_map: LayerMap | None = None,
+):
+    """Wrap a causal LM with LoRA adapters on every linear layer of its blocks (peft).
+
+    The update of each adapted weight is (alpha / rank) * B @ A; B starts at zero, so the
+    wrapped model first computes exactly what the base model does. Used by the LoRA probe and
+    by the LoRA runs of :func:`diagnostics.training.finetune`, so both adapt the same layers.
+
+    Args:
+        model: the causal LM (wrapped in place, as peft does).
+        rank: adapter rank r.
+        alpha: LoRA alpha.
+        dropout: dropout on the adapters' input.
+        seed: seeds A's initialisation on a forked RNG (the caller's RNG is untouched).
+        layer_map: the model's LayerMap, if already built.
+
+    Returns:
+        The peft model; only adapter weights require grad.
+    """
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     targets = lora_target_modules(model, layer_map)
-    fan_in_fan_out = any(isinstance(model.get_submodule(n), Conv1D) for n in targets)
     config = LoraConfig(
         r=rank,
-        lora_alpha=rank if alpha is None else alpha,
-        lora_dropout=0.0,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
         target_modules=targets,
-        fan_in_fan_out=fan_in_fan_out,
+        # GPT-2's Conv1D stores weights transposed; peft must be told.
+        fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
         bias="none",
+        task_type="CAUSAL_LM",
     )
     # peft draws A from torch's global generator; seed it without leaking into the caller's.
     with torch.random.fork_rng(devices=[]):
@@ -194,7 +220,8 @@ def run_probe(
     trained = copy.deepcopy(model) if copy_model else model
     layer_map = LayerMap.from_model(trained)
     if method == "lora":
-        trained = _wrap_lora(trained, layer_map, lora_rank, lora_alpha, seed)
+        alpha = lora_rank if lora_alpha is None else lora_alpha
+        trained = wrap_lora(trained, rank=lora_rank, alpha=alpha, seed=seed, layer_map=layer_map)
         layer_map = LayerMap.from_model(trained)
     else:
         for parameter in trained.parameters():

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from diagnostics.files import atomic_write_text, library_versions
-from diagnostics.probes import lora_target_modules
+from diagnostics.probes import wrap_lora
 from lisa.data import (
     IGNORE_INDEX,
     DataCollator,
@@ -373,25 +373,13 @@ def lora_wrap(model, config: FinetuneConfig):
     Returns:
         The peft ``PeftModel``; only adapter weights require grad.
     """
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    # The same targets as the diagnostics' LoRA probe: every linear layer inside the blocks.
-    targets = lora_target_modules(model)
-    modules = dict(model.named_modules())
-    lora_config = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets,
-        # GPT-2's Conv1D stores weights transposed; peft must be told.
-        fan_in_fan_out=any(isinstance(modules[name], Conv1D) for name in targets),
-        bias="none",
-        task_type="CAUSAL_LM",
+    return wrap_lora(
+        model,
+        rank=config.lora_rank,
+        alpha=config.lora_alpha or 2 * config.lora_rank,
+        dropout=config.lora_dropout,
+        seed=config.seed,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return get_peft_model(model, lora_config)
 
 
 def evaluate(
