@@ -1,15 +1,15 @@
 """Memory and step time of LISA against FT, LoRA, BAdam, an LMFlow-style callback and a static freeze.
 
 Runs every method on one model, one seed and the same batches, each in a fresh Python process
-(bench/workload.py), and prints Markdown tables: median step time and its ratio to full
+(bench.workload), and prints Markdown tables: median step time and its ratio to full
 fine-tuning in the same run, exact bytes of parameters, grads and optimizer state at the end
 (lisa.memory), the largest optimizer state seen, the least state AdamW needs for the trained
 set, peak process RSS, and on CUDA torch.cuda.max_memory_allocated. Then the issue 6 targets.
 
-    .venv/bin/python bench/memory_time.py                       # tiny Llama, ~15 min on 1 thread
-    .venv/bin/python bench/memory_time.py --model smollm2-135m --steps 12 --seq-len 128
-    .venv/bin/python bench/memory_time.py --quick               # smoke test, ~1 min
-    .venv/bin/python bench/memory_time.py --device cuda         # bfloat16 on a GPU
+    .venv/bin/python -m bench.memory_time                       # tiny Llama, ~15 min on 1 thread
+    .venv/bin/python -m bench.memory_time --model smollm2-135m --steps 12 --seq-len 128
+    .venv/bin/python -m bench.memory_time --quick               # smoke test, ~1 min
+    .venv/bin/python -m bench.memory_time --device cuda         # bfloat16 on a GPU
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from workload import add_workload_arguments
+from bench.workload import add_workload_arguments
 
-WORKLOAD = Path(__file__).resolve().parent / "workload.py"
+ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 # Issue 6 targets.
 TIME_VS_FT_TARGET = 0.78
@@ -63,10 +62,10 @@ def run_one(
 ) -> dict:
     """Run one method in a fresh interpreter and return its result dict."""
     result_file = workdir / f"{label}.json"
-    command = [sys.executable, str(WORKLOAD), *common, *method_args, "--label", label]
+    command = [sys.executable, "-m", "bench.workload", *common, *method_args, "--label", label]
     command += ["--result-file", str(result_file)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    completed = subprocess.run(command, env=env, capture_output=True, text=True)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if completed.returncode != 0:
         raise RuntimeError(f"{label} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
     return json.loads(result_file.read_text())

@@ -6,10 +6,10 @@ with the least a stock AdamW needs for exactly those tensors:
 
     minimum = sum_{p trained now} (2 * numel(p) * itemsize(p) + 4)   # exp_avg, exp_avg_sq, step
 
-Methods: full fine-tuning, LoRA (peft), LISA (lisa.switching, one state policy each), an
+Methods: full fine-tuning, LoRA (peft), LISA (lisa.engine, one state policy each), an
 LMFlow-style callback (toggles requires_grad only, written from its documented behaviour),
 BAdam (the `badam` package, random block order) and a static freeze of fixed blocks.
-Not run on its own: bench/workload.py builds one of these per process.
+Not run on its own: bench.workload builds one of these per process.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from lisa.defaults import DEFAULT_LORA_RANK
 from lisa.layers import LayerMap
 from lisa.memory import minimum_optimizer_state_bytes, optimizer_state_bytes, tensor_bytes
 
 if TYPE_CHECKING:
-    from lisa.switching import Lisa
+    from lisa.engine import Lisa
 
 LEARNING_RATE = 1e-4
 # Weight decay 0 so that AdamW does the same work on every method (BAdam splits decay groups).
@@ -121,24 +122,16 @@ class FullFineTune(_AdamWMethod):
 
 @dataclass
 class Lora(_AdamWMethod):
-    """peft LoRA on every nn.Linear inside the transformer blocks; E and H frozen."""
+    """LoRA as every runner of the project applies it (diagnostics.lora.wrap_lora): every linear
+    layer inside the blocks, alpha = 2 r, seeded; E and H frozen."""
 
-    rank: int = 8
+    rank: int = DEFAULT_LORA_RANK
+    seed: int = 0
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        from diagnostics.lora import wrap_lora
 
-        blocks_path = LayerMap.from_model(model).blocks_path
-        # Full module names, so only the blocks' linears are adapted (never the LM head).
-        targets = [
-            name
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.startswith(blocks_path + ".")
-        ]
-        config = LoraConfig(
-            r=self.rank, lora_alpha=2 * self.rank, lora_dropout=0.0, target_modules=targets
-        )
-        self.model = get_peft_model(model, config)
+        self.model = wrap_lora(model, rank=self.rank, seed=self.seed)
         self.optimizer = make_adamw(_trainable(self.model))
         return self.model
 
@@ -154,7 +147,7 @@ class LisaMethod(_AdamWMethod):
     lisa: Lisa | None = field(default=None, init=False)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        from lisa.switching import Lisa, LisaConfig
+        from lisa import Lisa, LisaConfig
 
         self.model = model
         self.optimizer = make_adamw(model.parameters())

@@ -10,8 +10,8 @@ to each step, without the noise of differencing two separate runs on a shared ma
 Recorders: "weight/l2" (what `lisa diagnose` probes record by default) and
 "all" (kinds weight, trainable and delta, reductions l2 and rms).
 
-    .venv/bin/python bench/recorder_overhead.py           # tiny Llama 12 x 512, ~2 min
-    .venv/bin/python bench/recorder_overhead.py --quick   # tiny model, seconds
+    .venv/bin/python -m bench.recorder_overhead           # tiny Llama 12 x 512, ~2 min
+    .venv/bin/python -m bench.recorder_overhead --quick   # tiny model, seconds
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_time import markdown_table
-from methods import build_method
-from workload import QUICK_SHAPE, ModelShape, build_bench_llama, make_batches
-
+from bench.memory_time import markdown_table
+from bench.methods import build_method
+from bench.workload import QUICK_SHAPE, ModelShape, build_bench_llama, make_batches
 from diagnostics.recorder import NormRecorder
 
 OVERHEAD_TARGET = 0.02

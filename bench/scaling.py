@@ -6,8 +6,8 @@ for a few switching periods on short batches (state size does not depend on batc
 prints the exact optimizer state in bytes (lisa.memory) with the AdamW minimum for the trained
 set. Runs in one process: it reports exact byte counts, not RSS.
 
-    .venv/bin/python bench/scaling.py                 # 12, 24, 48 blocks, ~3 min on 1 thread
-    .venv/bin/python bench/scaling.py --quick         # 2, 4, 8 tiny blocks, seconds
+    .venv/bin/python -m bench.scaling                 # 12, 24, 48 blocks, ~3 min on 1 thread
+    .venv/bin/python -m bench.scaling --quick         # 2, 4, 8 tiny blocks, seconds
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_time import markdown_table
-from methods import build_method, minimum_state_bytes, state_bytes
-from workload import QUICK_SHAPE, ModelShape, build_bench_llama, make_batches
+from bench.memory_time import markdown_table
+from bench.methods import build_method, minimum_state_bytes, state_bytes
+from bench.workload import QUICK_SHAPE, ModelShape, build_bench_llama, make_batches
 
 METHODS = (
     ("ft", {}),

@@ -1,9 +1,9 @@
 """One benchmark run of one method in this process: model, batches, timed steps, memory figures.
 
-bench/memory_time.py starts this once per method, each in a fresh interpreter so that peak RSS
+bench.memory_time starts this once per method, each in a fresh interpreter so that peak RSS
 (and on CUDA max_memory_allocated) belongs to that method alone. By hand:
 
-    .venv/bin/python bench/workload.py --method lisa --gamma 2 --state-policy drop \
+    .venv/bin/python -m bench.workload --method lisa --gamma 2 --state-policy drop \
         --steps 20 --result-file /tmp/lisa.json
 
 Every method sees the same model initialisation and the same seeded batches of random token
@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import build_method, minimum_state_bytes, state_bytes
-
+from bench.methods import build_method, minimum_state_bytes, state_bytes
 from lisa.memory import memory_report
+from lisa_apps.tiny import build_tiny_model
 
 BENCH_MODEL = "bench-llama"
 
@@ -62,28 +61,18 @@ QUICK_SHAPE = ModelShape(num_blocks=4, hidden=64, intermediate=160, vocab=512, h
 
 def build_bench_llama(shape: ModelShape, *, max_positions: int, seed: int) -> nn.Module:
     """Random untied LlamaForCausalLM of `shape`, initialised from `seed` (global RNG untouched)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.num_blocks,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
-        max_position_embeddings=max(max_positions, 32),
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+    return build_tiny_model(
+        "tiny-llama", num_blocks=shape.num_blocks, hidden=shape.hidden,
+        intermediate=shape.intermediate, vocab_size=shape.vocab, heads=shape.heads,
+        kv_heads=shape.heads, tie=False, max_positions=max(max_positions, 32), seed=seed,
+    )  # fmt: skip
 
 
 def load_bench_model(name: str, shape: ModelShape, *, max_positions: int, seed: int) -> nn.Module:
-    """The model by name: "bench-llama" (random, `shape`) or anything lisa.models.load_model takes."""
+    """The model by name: "bench-llama" (random, `shape`) or anything lisa_apps.models.load_model takes."""
     if name == BENCH_MODEL:
         return build_bench_llama(shape, max_positions=max_positions, seed=seed)
-    from lisa.models import load_model
+    from lisa_apps.models import load_model
 
     model, _ = load_model(name, seed=seed)
     return model
@@ -232,7 +221,7 @@ def run_workload(args: argparse.Namespace) -> dict:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by the worker and the scripts that start it."""
-    parser.add_argument("--model", default=BENCH_MODEL, help="bench-llama or a lisa.models name")
+    parser.add_argument("--model", default=BENCH_MODEL, help="bench-llama or a lisa_apps.models name")
     parser.add_argument("--num-blocks", type=int, default=12, help="blocks of bench-llama")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)

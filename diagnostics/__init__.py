@@ -1,8 +1,8 @@
-"""Diagnostics for LISA: per-layer norms, skew analysis, policy derivation and plots.
+"""Diagnostics for LISA: per-layer norms, probes, skew analysis, policy derivation and plots.
 
-Names load on first use (PEP 562), so `import diagnostics` is cheap and the `lisa` command
-line, which lives in this package, answers `lisa --version` without importing torch. Plotting
-loads matplotlib and seaborn only when a plot is drawn.
+The analysis layer: it builds on the method (``lisa``) and never on the applications
+(``lisa_apps``). Names load on first use (PEP 562), so ``import diagnostics`` is cheap;
+plotting loads matplotlib and seaborn only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ from typing import Any
 # public name -> module that defines it (no module is named like a function it exports: an
 # imported submodule would shadow that name on the package)
 _EXPORTS: dict[str, str] = {
-    "DiagnoseSettings": "diagnostics.pipeline",
-    "Diagnosis": "diagnostics.pipeline",
-    "diagnose": "diagnostics.pipeline",
-    "FinetuneConfig": "diagnostics.training",
-    "FinetuneResult": "diagnostics.training",
-    "evaluate_loss": "diagnostics.training",
-    "finetune": "diagnostics.training",
-    "generate_answers": "diagnostics.training",
+    "atomic_write_bytes": "diagnostics.files",
+    "atomic_write_text": "diagnostics.files",
+    "library_versions": "diagnostics.files",
+    "lora_target_modules": "diagnostics.lora",
+    "wrap_lora": "diagnostics.lora",
     "NORM_KINDS": "diagnostics.norms",
     "REDUCTIONS": "diagnostics.norms",
     "layer_norms": "diagnostics.norms",
@@ -33,15 +30,15 @@ _EXPORTS: dict[str, str] = {
     "SamplingPolicy": "diagnostics.policy",
     "block_means": "diagnostics.policy",
     "derive_policy": "diagnostics.policy",
-    "layer_signature": "diagnostics.policy",
-    "DEFAULT_LEARNING_RATES": "diagnostics.probes",
-    "lora_target_modules": "diagnostics.probes",
+    "PROBE_METHODS": "diagnostics.probes",
     "run_probe": "diagnostics.probes",
-    "wrap_lora": "diagnostics.probes",
     "NormRecorder": "diagnostics.recorder",
     "load_norms": "diagnostics.recorder",
     "load_sidecar": "diagnostics.recorder",
     "NormRecorderCallback": "diagnostics.recorder_callback",
+    "PRECISIONS": "diagnostics.runtime",
+    "PeakMemory": "diagnostics.runtime",
+    "resolve_device": "diagnostics.runtime",
     "gini": "diagnostics.skew",
     "mean_norms": "diagnostics.skew",
     "side_by_side": "diagnostics.skew",

@@ -301,7 +301,7 @@ def layer_norms(
         pandas Series of float64 indexed by group name (in layer-map order), named ``kind``.
 
     Example:
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.models import load_model
         >>> model, _ = load_model("tiny-llama")
         >>> norms = layer_norms(model, kind="weight")
         >>> norms.index.tolist()

@@ -8,6 +8,7 @@ the figure there when given, and returns the matplotlib Figure.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diagnostics.files import atomic_write_bytes
 from diagnostics.skew import mean_norms
 
 __all__ = [
@@ -43,9 +45,10 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 def _save(figure, path: str | os.PathLike | None):
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        # Through the one atomic writer: a crash mid-save never leaves a half-written PNG.
+        buffer = io.BytesIO()
+        figure.savefig(buffer, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+        atomic_write_bytes(path, buffer.getvalue())
     return figure
 
 

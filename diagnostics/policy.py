@@ -29,72 +29,16 @@ import pandas as pd
 from torch import nn
 
 from diagnostics.files import atomic_write_text
+from lisa.config import LisaConfig
 from lisa.layers import LayerMap, block_group
 from lisa.samplers import Sampler, inclusion_probabilities_from_scores, make_sampler
-from lisa.switching import LisaConfig
+from lisa.signature import check_layer_signature, layer_signature
 
-__all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy", "layer_signature"]
+__all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy"]
 
 POLICY_FORMAT = "lisa-sampling-policy"
 _POLICY_VERSION = 1
 _SUM_TOLERANCE = 1e-6
-
-
-def layer_signature(source: LayerMap | nn.Module | Mapping[str, Any]) -> dict[str, Any]:
-    """Compact, wrapper-independent description of a model's blocks.
-
-    Parameter names are taken relative to their block, with peft's ``.base_layer`` removed and
-    adapter parameters (``lora_*``) skipped, so a model and its LoRA-wrapped copy agree.
-
-    Args:
-        source: a LayerMap, a model, or a ``LayerMap.signature()`` dict (e.g. from a sidecar).
-
-    Returns:
-        {"num_blocks": N, "group_names": [...], "blocks": [[[name, shape], ...] per block]}.
-    """
-    if isinstance(source, nn.Module):
-        source = LayerMap.from_model(source)
-    full = source.signature() if isinstance(source, LayerMap) else dict(source)
-    try:
-        num_blocks = int(full["num_blocks"])
-        blocks_path = str(full["blocks_path"])
-        groups = full["groups"]
-        group_names = list(full["group_names"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"not a layer-map signature (missing or bad {error})") from error
-    blocks = []
-    for index in range(num_blocks):
-        marker = f"{blocks_path}.{index}."
-        entries = []
-        for name, shape in groups.get(block_group(index), []):
-            if "lora_" in name:
-                continue
-            relative = name.split(marker, 1)[-1].replace(".base_layer", "")
-            entries.append([relative, [int(s) for s in shape]])
-        blocks.append(sorted(entries))
-    return {"num_blocks": num_blocks, "group_names": group_names, "blocks": blocks}
-
-
-def _first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
-    if expected["num_blocks"] != actual["num_blocks"]:
-        return f"block count: policy has {expected['num_blocks']}, model has {actual['num_blocks']}"
-    if expected["group_names"] != actual["group_names"]:
-        return (
-            f"group names: policy has {expected['group_names']}, model has {actual['group_names']}"
-        )
-    for index, (mine, theirs) in enumerate(zip(expected["blocks"], actual["blocks"], strict=True)):
-        if mine != theirs:
-            mine_d, theirs_d = (
-                dict((n, tuple(s)) for n, s in mine),
-                dict((n, tuple(s)) for n, s in theirs),
-            )
-            for name in sorted(set(mine_d) | set(theirs_d)):
-                if mine_d.get(name) != theirs_d.get(name):
-                    return (
-                        f"block {index} parameter {name!r}: policy has shape "
-                        f"{mine_d.get(name, 'absent')}, model has {theirs_d.get(name, 'absent')}"
-                    )
-    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,21 +120,27 @@ class SamplingPolicy:
     ) -> LisaConfig:
         """A LisaConfig that samples with this policy and trains E/H/extras as it says.
 
+        The config names the ``weighted`` sampler with these probabilities (so it is JSON-able)
+        and carries the policy's layer signature: the engine refuses a model whose blocks
+        differ from those the policy was derived on.
+
         Example:
             >>> policy = SamplingPolicy(np.array([0.5, 1.0, 0.5]), 2, ("block.0", "block.1", "block.2"))
             >>> config = policy.to_lisa_config(interval=5)
-            >>> (config.gamma, config.interval, type(config.sampler).__name__)
-            (2, 5, 'WeightedSampler')
+            >>> (config.gamma, config.interval, config.sampler, config.sampler_options)
+            (2, 5, 'weighted', {'inclusion_probabilities': [0.5, 1.0, 0.5]})
         """
         return LisaConfig(
             gamma=self.gamma,
             interval=interval,
-            sampler=self.to_sampler(),
+            sampler="weighted",
+            sampler_options={"inclusion_probabilities": self.inclusion_probabilities.tolist()},
             seed=seed,
             state_policy=state_policy,
             train_embeddings=self.train_embeddings,
             train_head=self.train_head,
             train_extras=self.train_extras,
+            layer_signature=self.signature,
         )
 
     def check_compatible(self, target: LayerMap | nn.Module) -> None:
@@ -198,15 +148,14 @@ class SamplingPolicy:
         layer_map = target if isinstance(target, LayerMap) else LayerMap.from_model(target)
         if layer_map.num_blocks != self.num_blocks:
             raise ValueError(
-                f"policy is for {self.num_blocks} blocks but the model has {layer_map.num_blocks}"
+                f"the policy is for {self.num_blocks} blocks but the model has "
+                f"{layer_map.num_blocks}; derive a policy on this model"
             )
         expected_names = tuple(block_group(i) for i in range(layer_map.num_blocks))
         if expected_names != self.layer_names:
             raise ValueError(f"policy layer names {self.layer_names} differ from {expected_names}")
         if self.signature is not None:
-            difference = _first_difference(self.signature, layer_signature(layer_map))
-            if difference is not None:
-                raise ValueError(f"policy does not match the model's layer map: {difference}")
+            check_layer_signature(layer_map, self.signature, what="the policy")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (what ``to_json`` writes)."""
@@ -355,6 +304,7 @@ def derive_policy(
     layer_map: LayerMap | nn.Module | None = None,
     signature: Mapping[str, Any] | None = None,
     source: str | None = None,
+    model: str | None = None,
 ) -> SamplingPolicy:
     """Inclusion probabilities from the paper's importance weights s_l = w_LoRA^l / w_FT^l.
 
@@ -372,6 +322,8 @@ def derive_policy(
         signature: a ``LayerMap.signature()`` or ``layer_signature`` dict to store instead
             (e.g. from a norms sidecar); taken from a table's sidecar when neither is given.
         source: free text recorded in the provenance (e.g. the norms file).
+        model: the model's name or folder, recorded in the provenance (``lisa train --policy``
+            trains that model when no ``--model`` is given).
 
     Returns:
         A SamplingPolicy over the blocks.
@@ -399,7 +351,7 @@ def derive_policy(
     if layer_map is not None:
         stored = layer_signature(layer_map)
     elif signature is not None:
-        stored = layer_signature(signature) if "groups" in signature else dict(signature)
+        stored = layer_signature(signature)
     else:
         stored = _signature_from_tables(ft, lora)
     provenance = {
@@ -412,6 +364,7 @@ def derive_policy(
         "lora_block_means": lora_means.tolist(),
         "ft_block_means": ft_means.tolist(),
         "source": source,
+        "model": model,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return SamplingPolicy(

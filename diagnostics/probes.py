@@ -1,11 +1,10 @@
 """Short LoRA or full fine-tuning runs with a NormRecorder attached: the paper's measurement.
 
-``run_probe`` trains a *copy* of the model by default (``copy_model=True``), so the caller's
-model is unchanged: the FT probe's AdamW would otherwise move its weights, and the LoRA probe's
-peft wrapping would inject adapter modules into it. The copy costs one extra model in memory
-(SmolLM2-135M: ~0.54 GB in float32) on top of what training needs (FT: weights + grads + two
-Adam moments, ~4x the model; plus one more copy as the delta reference when kind "delta" is
-recorded). Pass ``copy_model=False`` to train the given model in place and save that copy.
+``run_probe`` trains the model it is given in place, or, given a zero-argument function that
+builds the model (e.g. ``lambda: load_model(name)[0]``), builds a fresh one, trains it and lets
+it go: so two probes in a row never hold more than one model plus what training needs (FT:
+weights + grads + two Adam moments, ~4x the model; one more copy as the delta reference when
+kind "delta" is recorded). Nothing is deep-copied.
 
 The LoRA probe trains adapters only, as the paper's LoRA baseline did: peft LoRA on every
 linear layer inside the blocks; embeddings, head and norms stay frozen.
@@ -13,11 +12,10 @@ linear layer inside the blocks; embeddings, head and norms stay frozen.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,202 +23,120 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diagnostics.lora import wrap_lora
 from diagnostics.recorder import NormRecorder
+from diagnostics.runtime import autocast, check_precision, prepare_model, resolve_device
+from lisa.defaults import DEFAULT_LEARNING_RATES, DEFAULT_LORA_RANK, default_lora_alpha
 from lisa.layers import LayerMap
+from lisa.validation import check_int, check_positive_float
 
-__all__ = ["DEFAULT_LEARNING_RATES", "lora_target_modules", "run_probe"]
+__all__ = ["PROBE_METHODS", "run_probe"]
 
 logger = logging.getLogger(__name__)
 
-# LoRA moves few parameters from a zero update and wants a larger step than full fine-tuning.
-DEFAULT_LEARNING_RATES: dict[str, float] = {"lora": 2e-4, "ft": 2e-5}
+PROBE_METHODS = ("lora", "ft")
 
-
-def lora_target_modules(model: nn.Module, layer_map: LayerMap | None = None) -> list[str]:
-    """Full names of every linear layer inside the model's blocks (peft ``target_modules``).
-
-    Args:
-        model: the plain (not yet peft-wrapped) model.
-        layer_map: its LayerMap; built when None.
-
-    Returns:
-        Module names such as ``model.layers.0.self_attn.q_proj``, in model order.
-    """
-    from transformers.pytorch_utils import Conv1D
-
-    layer_map = layer_map or LayerMap.from_model(model)
-    prefix = f"{layer_map.blocks_path}."
-    names = [
-        name
-        for name, module in model.named_modules()
-        if name.startswith(prefix) and isinstance(module, nn.Linear | Conv1D)
-    ]
-    if not names:
-        raise ValueError(
-            f"no linear layers found under {layer_map.blocks_path!r}; the LoRA probe needs them"
-        )
-    return names
-
-
-def _features(examples: Sequence[Mapping[str, Any]], tokenizer, max_length: int) -> list[dict]:
-    if not examples:
-        raise ValueError("the probe needs at least one example")
-    if "input_ids" in examples[0]:
-        return [
-            {key: list(value)[:max_length] for key, value in example.items()}
-            for example in examples
-        ]
-    if tokenizer is None:
-        raise ValueError(
-            "examples are not tokenized (no 'input_ids'); pass tokenizer= to tokenize them"
-        )
-    from lisa.data import tokenize_examples
-
-    return tokenize_examples(examples, tokenizer, max_length=max_length)
-
-
-def _collator(tokenizer, model: nn.Module):
-    from lisa.data import DataCollator
-
-    if tokenizer is not None:
-        return DataCollator(tokenizer)
-    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return DataCollator(pad_token_id=0 if pad is None else int(pad))
-
-
-def wrap_lora(
-    model: nn.Module,
-    *,
-    rank: int,
-    alpha: float,
-    dropout: float = 0.0,
-    seed: int = 0,
-    layer_map: LayerMap | None = None,
-):
-    """Wrap a causal LM with LoRA adapters on every linear layer of its blocks (peft).
-
-    The update of each adapted weight is (alpha / rank) * B @ A; B starts at zero, so the
-    wrapped model first computes exactly what the base model does. Used by the LoRA probe and
-    by the LoRA runs of :func:`diagnostics.training.finetune`, so both adapt the same layers.
-
-    Args:
-        model: the causal LM (wrapped in place, as peft does).
-        rank: adapter rank r.
-        alpha: LoRA alpha.
-        dropout: dropout on the adapters' input.
-        seed: seeds A's initialisation on a forked RNG (the caller's RNG is untouched).
-        layer_map: the model's LayerMap, if already built.
-
-    Returns:
-        The peft model; only adapter weights require grad.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
-    targets = lora_target_modules(model, layer_map)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=targets,
-        # GPT-2's Conv1D stores weights transposed; peft must be told.
-        fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    # peft draws A from torch's global generator; seed it without leaking into the caller's.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_peft_model(model, config)
+Features = Sequence[Mapping[str, Sequence[int]]]
+Collate = Callable[[list], Mapping[str, torch.Tensor]]
 
 
 def run_probe(
-    model: nn.Module,
-    examples: Sequence[Mapping[str, Any]],
+    model: nn.Module | Callable[[], nn.Module],
+    features: Features,
     method: Literal["lora", "ft"] = "lora",
+    *,
+    collate: Collate,
     steps: int = 30,
     lr: float | None = None,
-    lora_rank: int = 8,
+    lora_rank: int = DEFAULT_LORA_RANK,
+    lora_alpha: float | None = None,
     batch_size: int = 4,
-    max_length: int = 128,
     record_every: int = 1,
     kinds: Sequence[str] = ("weight",),
     reduce: str | Sequence[str] = "l2",
     seed: int = 0,
-    tokenizer=None,
-    progress: bool = True,
-    *,
-    lora_alpha: float | None = None,
     weight_decay: float = 0.0,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
+    gradient_checkpointing: bool = False,
+    progress: bool = True,
     run: str | None = None,
     path: str | os.PathLike | None = None,
-    copy_model: bool = True,
 ) -> pd.DataFrame:
     """Train briefly with LoRA or full fine-tuning and record per-layer norms each step.
 
     Step 0 is recorded before the first update, then steps 1..steps after each AdamW step
-    (every ``record_every``). Batches are drawn from a seeded permutation of the examples.
+    (every ``record_every``). Batches are drawn from a seeded permutation of the features.
 
     Args:
-        model: a causal LM (plain, not peft-wrapped).
-        examples: dicts with "instruction"/"output" (tokenized with ``tokenizer``) or already
-            tokenized features ("input_ids", "attention_mask", "labels").
+        model: a causal LM (plain, not peft-wrapped), trained in place; or a zero-argument
+            function that builds one, so the probe owns (and then drops) the only copy.
+        features: tokenized examples ("input_ids", "attention_mask", "labels").
         method: "lora" (peft adapters on every block linear layer, adapters only train) or
             "ft" (all parameters).
+        collate: turns a list of features into a batch of tensors (e.g.
+            ``lisa_apps.data.DataCollator(tokenizer)``).
         steps: optimizer steps.
-        lr: AdamW learning rate; None takes DEFAULT_LEARNING_RATES[method].
-        lora_rank: LoRA rank r (alpha defaults to r, i.e. scaling 1).
+        lr: AdamW learning rate; None takes ``lisa.defaults.DEFAULT_LEARNING_RATES[method]``.
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA alpha; None takes ``lisa.defaults.default_lora_alpha(r)``.
         batch_size: sequences per step.
-        max_length: tokens per sequence (truncation).
         record_every: record every n steps.
         kinds: norm kinds to record (see diagnostics.norms).
         reduce: reduction(s) to record.
         seed: seeds the batch order and the LoRA initialisation.
-        tokenizer: needed when ``examples`` are not tokenized.
-        progress: show a tqdm progress bar.
-        lora_alpha: LoRA alpha (scaling = alpha / r).
         weight_decay: AdamW weight decay.
+        device: where to train (see diagnostics.runtime.resolve_device; None: CUDA if present).
+        precision: "float32", "bf16-mixed" or "bf16" (see diagnostics.runtime).
+        gradient_checkpointing: recompute activations in the backward pass.
+        progress: show a tqdm progress bar.
         run: run id for the table (default f"{method}-probe").
         path: stream the recorder's CSV here (file or directory) and save it at the end.
-        copy_model: train a deep copy (default) instead of the given model.
 
     Returns:
         The tidy norms table (see NormRecorder); ``table.attrs["losses"]`` holds the loss per
         step and ``table.attrs["record_seconds"]`` the time spent recording.
 
     Example:
-        >>> from lisa.data import make_math_problems
-        >>> from lisa.models import load_model
-        >>> model, tok = load_model("tiny-llama")
-        >>> examples = make_math_problems(2)
-        >>> table = run_probe(model, examples, "ft", steps=2, batch_size=1, max_length=384,
-        ...                   tokenizer=tok, progress=False)
+        >>> from lisa_apps.data import DataCollator, make_math_problems, tokenize_examples
+        >>> from lisa_apps.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> features = tokenize_examples(make_math_problems(2), tokenizer, max_length=384)
+        >>> table = run_probe(model, features, "ft", collate=DataCollator(tokenizer), steps=2,
+        ...                   batch_size=1, progress=False)
         >>> sorted(table["step"].unique().tolist())
         [0, 1, 2]
         >>> len(table.attrs["losses"])
         2
     """
-    if method not in ("lora", "ft"):
-        raise ValueError(f"method={method!r} must be 'lora' or 'ft'")
-    for name, value in (
-        ("steps", steps),
-        ("batch_size", batch_size),
-        ("max_length", max_length),
-        ("lora_rank", lora_rank),
-        ("record_every", record_every),
-    ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    lr = DEFAULT_LEARNING_RATES[method] if lr is None else float(lr)
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be positive")
+    if method not in PROBE_METHODS:
+        raise ValueError(f"method={method!r} must be one of {PROBE_METHODS}")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("lora_rank", lora_rank)
+    check_int("record_every", record_every)
+    lr = check_positive_float("lr", DEFAULT_LEARNING_RATES[method] if lr is None else lr)
+    alpha = default_lora_alpha(lora_rank) if lora_alpha is None else lora_alpha
+    check_positive_float("lora_alpha", alpha)
+    if not features or "input_ids" not in features[0]:
+        raise ValueError(
+            "the probe needs tokenized features (dicts with input_ids, attention_mask, labels), "
+            "e.g. from lisa_apps.data.tokenize_examples"
+        )
+    torch_device = resolve_device(device)
+    check_precision(precision, torch_device)
 
-    features = _features(examples, tokenizer, max_length)
-    collate = _collator(tokenizer, model)
-    trained = copy.deepcopy(model) if copy_model else model
+    trained = model if isinstance(model, nn.Module) else model()
+    if not isinstance(trained, nn.Module):
+        raise TypeError(f"the model function returned {type(trained).__name__}, not a module")
+    prepare_model(
+        trained,
+        device=torch_device,
+        precision=precision,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     layer_map = LayerMap.from_model(trained)
     if method == "lora":
-        alpha = lora_rank if lora_alpha is None else lora_alpha
         trained = wrap_lora(trained, rank=lora_rank, alpha=alpha, seed=seed, layer_map=layer_map)
         layer_map = LayerMap.from_model(trained)
     else:
@@ -242,18 +158,19 @@ def run_probe(
             "steps": steps,
             "lr": lr,
             "lora_rank": lora_rank if method == "lora" else None,
-            "lora_alpha": (lora_alpha or lora_rank) if method == "lora" else None,
+            "lora_alpha": alpha if method == "lora" else None,
             "batch_size": batch_size,
-            "max_length": max_length,
             "seed": seed,
             "weight_decay": weight_decay,
             "num_examples": len(features),
+            "device": str(torch_device),
+            "precision": precision,
+            "gradient_checkpointing": gradient_checkpointing,
         },
     )
     rng = np.random.default_rng(seed)
     order: list[int] = []
     losses: list[float] = []
-    device = next(trained.parameters()).device
     recorder.record(0, trained)
     bar = tqdm(range(1, steps + 1), desc=f"{method} probe", disable=not progress, leave=False)
     for step in bar:
@@ -261,8 +178,9 @@ def run_probe(
             order.extend(rng.permutation(len(features)).tolist())
         batch_ids, order = order[:batch_size], order[batch_size:]
         batch = collate([features[i] for i in batch_ids])
-        batch = {key: value.to(device) for key, value in batch.items()}
-        loss = trained(**batch).loss
+        batch = {key: value.to(torch_device) for key, value in batch.items()}
+        with autocast(torch_device, precision):
+            loss = trained(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

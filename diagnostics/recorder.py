@@ -54,7 +54,7 @@ def sidecar_path(csv_path: str | os.PathLike) -> Path:
 
 def _resolve_csv(path: str | os.PathLike) -> Path:
     path = Path(path)
-    return path if path.suffix == ".csv" else path / "norms.csv"
+    return path if path.suffix == ".csv" or path.is_file() else path / "norms.csv"
 
 
 def _rows_to_csv(rows: list[dict], header: bool) -> str:
@@ -89,7 +89,7 @@ class NormRecorder:
         ``record`` returns the new rows; ``table`` all rows so far (a copy).
 
     Example:
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.models import load_model
         >>> model, _ = load_model("tiny-llama")
         >>> recorder = NormRecorder(kinds=("weight",), method="ft")
         >>> for step in range(3):
@@ -257,14 +257,27 @@ def load_norms(path: str | os.PathLike) -> pd.DataFrame:
     when present, is attached as ``frame.attrs["sidecar"]``.
     """
     csv_path = _resolve_csv(path)
-    text = csv_path.read_text()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    frame = pd.read_csv(io.StringIO(text), dtype={"run": str, "method": str, "group": str})
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path} does not exist; pass a norms.csv of lisa diagnose")
+    try:
+        text = csv_path.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        frame = pd.read_csv(io.StringIO(text), dtype={"run": str, "method": str, "group": str})
+    except (UnicodeDecodeError, ValueError) as error:  # pandas' parser errors are ValueErrors
+        raise ValueError(
+            f"{csv_path} is not a norms table (a CSV written by lisa diagnose): {error}"
+        ) from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"{csv_path} is not a norms table: missing columns {missing}")
-    frame = _frame(frame[list(COLUMNS)].to_dict("records"))
+        raise ValueError(
+            f"{csv_path} is not a norms table (a CSV written by lisa diagnose): missing columns "
+            f"{missing}"
+        )
+    try:
+        frame = _frame(frame[list(COLUMNS)].to_dict("records"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{csv_path}: a column holds values of the wrong type ({error})") from None
     side = sidecar_path(csv_path)
     if side.exists():
         frame.attrs["sidecar"] = load_sidecar(csv_path)

@@ -22,8 +22,8 @@ class NormRecorderCallback(TrainerCallback):
     Example:
         >>> import os, tempfile
         >>> from transformers import Trainer, TrainingArguments
-        >>> from lisa.data import DataCollator, make_math_problems, tokenize_examples
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.data import DataCollator, make_math_problems, tokenize_examples
+        >>> from lisa_apps.models import load_model
         >>> model, tokenizer = load_model("tiny-llama")
         >>> data = tokenize_examples(make_math_problems(4), tokenizer, max_length=384)
         >>> out = tempfile.mkdtemp()

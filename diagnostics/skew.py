@@ -144,7 +144,7 @@ def skew_summary(
     Example:
         >>> import tempfile
         >>> from diagnostics.recorder import NormRecorder, load_norms
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.models import load_model
         >>> model, _ = load_model("tiny-llama")
         >>> out = tempfile.mkdtemp()
         >>> recorder = NormRecorder(kinds=("weight",), method="ft", path=out)

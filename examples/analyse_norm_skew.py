@@ -3,9 +3,9 @@
 LISA rests on one measurement (Pan et al. 2024, Figure 2): over a short run, the mean norm of
 each layer, w^l = (1/T) sum_t ||theta_t^l||, is lopsided under LoRA (the embedding E and/or the
 head H dwarf the middle blocks) and flat under full fine-tuning (FT). This script repeats that
-measurement on any model `lisa.models.load_model` accepts, through `diagnostics.pipeline` (the
-pipeline behind `lisa diagnose`): a LoRA probe and an FT probe on the same batches (each trains a
-copy, never the model you pass), the norms you ask for recorded at every step, then the skew
+measurement on any model `lisa_apps.models.load_model` accepts, through `lisa_apps.pipeline` (the
+pipeline behind `lisa diagnose`): a LoRA probe and an FT probe on the same batches (each loads
+its own model by name and drops it when done), the norms you ask for recorded at every step, then the skew
 summary (E and H over the median block, Gini coefficient over blocks, LoRA and FT side by side,
 with bootstrap intervals over steps). What is measured matters, so it records two kinds by
 default: "weight" (the layer's current parameters, what the paper's formula says) and "delta"
@@ -30,11 +30,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from diagnostics.pipeline import DiagnoseSettings, diagnose
 from diagnostics.skew import mean_norms, side_by_side
-from lisa.data import load_examples, tokenize_examples
-from lisa.layers import LayerMap
-from lisa.models import DEFAULT_MODEL, load_model
+from lisa_apps.data import load_examples
+from lisa_apps.models import DEFAULT_MODEL, inspect_model, load_tokenizer
+from lisa_apps.pipeline import DiagnoseSettings, diagnose
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or a local folder")
     parser.add_argument("--data", default="math", help="'math' (generated) or a .jsonl file")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per probe")
-    parser.add_argument("--out", default="skew-out", help="output folder")
+    parser.add_argument("--out", default="skew-out", help="output folder (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument(
         "--kinds", default="weight,delta", help="comma list: weight,trainable,delta"
     )
@@ -64,28 +64,27 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     kinds = tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip())
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer = load_model(args.model, seed=args.seed)
-    layer_map = LayerMap.from_model(model)
+    info = inspect_model(args.model)  # config and layer map only: no weights loaded yet
+    tokenizer = load_tokenizer(args.model)
     examples = load_examples(
         args.data, split="train", num_examples=args.num_examples, seed=args.seed
     )
-    features = tokenize_examples(examples, tokenizer, max_length=args.max_length)
     print(
-        f"{args.model}: {type(model).__name__}, {layer_map.num_blocks} blocks, "
-        f"tied embeddings: {layer_map.tied}; {len(features)} examples, {args.steps} steps per probe"
+        f"{args.model}: {info.config.architectures or info.config.model_type}, "
+        f"{info.num_blocks} blocks; {len(examples)} examples, {args.steps} steps per probe"
     )
 
     settings = DiagnoseSettings(
         steps=args.steps,
-        gamma=min(2, layer_map.num_blocks),
+        gamma=min(2, info.num_blocks),
         kinds=kinds,
         reduce=(args.reduce,),
         max_length=args.max_length,
         seed=args.seed,
     )
-    diagnosis = diagnose(model, tokenizer, features, out, settings, model_name=args.model)
+    # By name: each probe loads its own copy of the model and drops it when it is done.
+    diagnosis = diagnose(args.model, tokenizer, examples, out, settings, overwrite=args.overwrite)
     for method, losses in diagnosis.losses.items():
         print(
             f"{method} probe: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "

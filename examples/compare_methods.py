@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from diagnostics.training import METHODS, FinetuneConfig, finetune
-from lisa.data import load_examples
-from lisa.models import DEFAULT_MODEL, load_model
-from lisa.switching import LisaConfig
+from lisa.config import LisaConfig
+from lisa_apps.data import load_examples
+from lisa_apps.models import DEFAULT_MODEL, load_model
+from lisa_apps.outputs import RunFolder
+from lisa_apps.training import METHODS, FinetuneConfig, finetune
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or a local folder")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps, every method")
-    parser.add_argument("--out", default="compare-out", help="output folder")
+    parser.add_argument("--out", default="compare-out", help="output folder (new, empty, or an earlier run of this script with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of lisa,lora,ft")
     parser.add_argument("--gamma", type=int, default=2, help="LISA: blocks per period")
     parser.add_argument("--interval", type=int, default=5, help="LISA: steps per period K")
@@ -61,8 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(args.out, command="examples/compare_methods.py", overwrite=args.overwrite)
+    folder.open()  # refused before any work if --out holds another run's results
 
     train = load_examples("math", split="train", num_examples=1000, seed=args.seed)
     held_out = load_examples("math", split="test", num_examples=args.eval_examples, seed=args.seed)
@@ -91,7 +92,7 @@ def main() -> None:
             train,
             held_out,
             config,
-            out_dir=out / method,
+            out_dir=folder.subfolder(method),
             progress=False,
             evaluate_before=before is None,  # every method starts from the same weights
         )
@@ -111,7 +112,8 @@ def main() -> None:
             }
         )
     table = pd.DataFrame(rows).set_index("method")
-    table.to_csv(out / "comparison.csv")
+    folder.write_text("comparison.csv", table.to_csv())
+    folder.close()
     print(
         f"\n{args.model}, {args.steps} steps, batch {args.batch_size}, {len(held_out)} held-out problems:"
     )
@@ -128,7 +130,7 @@ def main() -> None:
                 }
             )
         )
-    print(f"wrote comparison.csv and {', '.join(methods)} run folders to {out}")
+    print(f"wrote comparison.csv and {', '.join(methods)} run folders to {folder.path}")
 
 
 if __name__ == "__main__":

@@ -33,21 +33,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from diagnostics.pipeline import DiagnoseSettings, diagnose
 from diagnostics.plots import plot_inclusion_frequencies, plot_policy
 from diagnostics.policy import SamplingPolicy, derive_policy
 from diagnostics.recorder import load_norms
-from diagnostics.training import FinetuneConfig, finetune
-from lisa.data import load_examples
-from lisa.layers import LayerMap
-from lisa.models import DEFAULT_MODEL, load_model
 from lisa.samplers import inclusion_probabilities_from_scores
+from lisa_apps.data import load_examples
+from lisa_apps.models import DEFAULT_MODEL, inspect_model, load_model, load_tokenizer
+from lisa_apps.outputs import RunFolder
+from lisa_apps.pipeline import DiagnoseSettings, diagnose
+from lisa_apps.training import FinetuneConfig, finetune
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +57,8 @@ def parse_args() -> argparse.Namespace:
         "--probe-steps", type=int, default=10, help="steps per probe without --norms"
     )
     parser.add_argument("--steps", type=int, default=30, help="LISA training steps")
-    parser.add_argument("--out", default="policy-out", help="output folder")
+    parser.add_argument("--out", default="policy-out", help="output folder (new, empty, or an earlier run of this script with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--gamma", type=int, default=2, help="blocks drawn per period")
     parser.add_argument("--interval", type=int, default=5, help="steps per period K")
     parser.add_argument("--temperature", type=float, default=0.5, help="score exponent of 'tuned'")
@@ -79,8 +79,8 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def probe_norms(model, tokenizer, args: argparse.Namespace) -> pd.DataFrame:
-    """Short LoRA and FT probes on the same batches (on copies of the model), as `lisa diagnose`."""
+def probe_norms(folder: RunFolder, args: argparse.Namespace) -> pd.DataFrame:
+    """Short LoRA and FT probes on the same batches (each loads the model), as `lisa diagnose`."""
     examples = load_examples("math", split="train", num_examples=64, seed=args.seed)
     settings = DiagnoseSettings(
         steps=args.probe_steps,
@@ -89,7 +89,8 @@ def probe_norms(model, tokenizer, args: argparse.Namespace) -> pd.DataFrame:
         seed=args.seed,
         progress=False,
     )
-    return diagnose(model, tokenizer, examples, Path(args.out) / "probes", settings).table
+    tokenizer = load_tokenizer(args.model)
+    return diagnose(args.model, tokenizer, examples, folder.subfolder("probes"), settings).table
 
 
 def main() -> None:
@@ -98,19 +99,25 @@ def main() -> None:
     # oversubscribed OpenMP threads make CPU training slower and its timings noisy.
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # One folder for everything this script writes: refused if it holds another run's results
+    # (unless --overwrite), and its manifest lisa-run.json lists every file as it is written.
+    folder = RunFolder(args.out, command="examples/custom_policy.py", overwrite=args.overwrite)
+    with folder:
+        run(args, folder)
+    print(f"wrote {', '.join(folder.written)} to {folder.path}")
 
-    model, tokenizer = load_model(args.model, seed=args.seed)
-    layer_map = LayerMap.from_model(model)
-    norms = load_norms(args.norms) if args.norms else probe_norms(model, tokenizer, args)
-    floor = args.gamma / (4 * layer_map.num_blocks) if args.floor is None else args.floor
 
-    # derive_policy picks the "lora" and "ft" rows out of one table; layer_map stores the model's
-    # layer signature in the policy, so it will refuse to load onto a different model.
+def run(args: argparse.Namespace, folder: RunFolder) -> None:
+    info = inspect_model(args.model)  # the layer map from the config, before any weight loads
+    norms = load_norms(args.norms) if args.norms else probe_norms(folder, args)
+    floor = args.gamma / (4 * info.num_blocks) if args.floor is None else args.floor
+
+    # derive_policy picks the "lora" and "ft" rows out of one table; the signature of the model's
+    # blocks goes into the policy, so it will refuse to train a different model.
     policies = {
         "paper": derive_policy(
-            norms, norms, args.gamma, kind=args.kind, layer_map=layer_map, source=args.norms
+            norms, norms, args.gamma, kind=args.kind, signature=info.layer_signature,
+            source=args.norms, model=args.model,
         ),
         "tuned": derive_policy(
             norms,
@@ -119,8 +126,9 @@ def main() -> None:
             temperature=args.temperature,
             floor=floor,
             kind=args.kind,
-            layer_map=layer_map,
+            signature=info.layer_signature,
             source=args.norms,
+            model=args.model,
         ),
     }
     # Hand edit: take the scores the tuned policy was derived from, zero block 0's score (for
@@ -144,7 +152,7 @@ def main() -> None:
         {name: policy.inclusion_probabilities for name, policy in policies.items()},
         index=pd.Index(tuned.layer_names, name="block"),
     )
-    table["uniform"] = args.gamma / layer_map.num_blocks
+    table["uniform"] = args.gamma / info.num_blocks
     table.insert(0, "score", tuned.provenance["scores"])
     print(
         f"scores s_l = w_lora / w_ft ({args.kind} norms) and inclusion probabilities per block "
@@ -153,14 +161,15 @@ def main() -> None:
     with pd.option_context("display.max_rows", 40, "display.float_format", "{:.4g}".format):
         print(table)
     for name, policy in policies.items():
-        policy.to_json(out / f"policy_{name}.json")
+        policy.to_json(folder.file(f"policy_{name}.json"))
 
     # What a user does later, perhaps in another process: load the JSON, check it against the
     # model, and turn it into a LisaConfig (its `weighted` sampler, and E/H/extras as it says).
-    chosen = policies[args.use].to_json(out / "policy.json")
+    chosen = policies[args.use].to_json(folder.file("policy.json"))
     policy = SamplingPolicy.from_json(chosen)
+    model, tokenizer = load_model(args.model, seed=args.seed)
     policy.check_compatible(model)
-    plot_policy(policy, out / "policy.png")
+    plot_policy(policy, folder.file("policy.png"))
     lisa_config = policy.to_lisa_config(interval=args.interval, seed=args.seed)
     train = load_examples("math", split="train", num_examples=1000, seed=args.seed)
     held_out = load_examples("math", split="test", num_examples=args.eval_examples, seed=args.seed)
@@ -180,10 +189,10 @@ def main() -> None:
             lisa=lisa_config,
             max_new_tokens=args.max_new_tokens,
         ),
-        out_dir=out,
+        out_dir=folder,
         progress=False,
     )
-    plot_inclusion_frequencies(result.active_history, policy, out / "inclusion.png")
+    plot_inclusion_frequencies(result.active_history, policy, folder.file("inclusion.png"))
     print(f"active sets (step, blocks): {result.active_history}")
     for stage in ("before", "after"):
         held_out_scores = result.metrics[stage]
@@ -191,7 +200,6 @@ def main() -> None:
             f"{stage:>6}: held-out loss {held_out_scores['eval_loss']:.4f}, "
             f"accuracy {held_out_scores['accuracy']:.3f}"
         )
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}")
 
 
 if __name__ == "__main__":

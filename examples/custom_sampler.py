@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,12 +35,13 @@ import torch
 
 from diagnostics.plots import inclusion_frequencies, plot_inclusion_frequencies
 from diagnostics.policy import SamplingPolicy
-from diagnostics.training import FinetuneConfig, finetune
-from lisa.data import load_examples
+from lisa.config import LisaConfig
 from lisa.layers import LayerMap, block_group
-from lisa.models import DEFAULT_MODEL, load_model
 from lisa.samplers import Sampler, make_sampler, register_sampler
-from lisa.switching import LisaConfig
+from lisa_apps.data import load_examples
+from lisa_apps.models import DEFAULT_MODEL, load_model
+from lisa_apps.outputs import RunFolder
+from lisa_apps.training import FinetuneConfig, finetune
 
 
 class TopAnchoredSampler:
@@ -102,7 +102,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or a local folder")
     parser.add_argument("--steps", type=int, default=30, help="LISA training steps")
-    parser.add_argument("--out", default="sampler-out", help="output folder")
+    parser.add_argument("--out", default="sampler-out", help="output folder (new, empty, or an earlier run of this script with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--gamma", type=int, default=2, help="blocks drawn per period")
     parser.add_argument("--interval", type=int, default=5, help="steps per period K")
     parser.add_argument("--draws", type=int, default=20_000, help="seeded draws for the check")
@@ -122,8 +123,8 @@ def main() -> None:
     # oversubscribed OpenMP threads make CPU training slower and its timings noisy.
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(args.out, command="examples/custom_sampler.py", overwrite=args.overwrite)
+    folder.open()  # refused before any work if --out holds another run's results
 
     model, tokenizer = load_model(args.model, seed=args.seed)
     num_blocks = LayerMap.from_model(model).num_blocks
@@ -166,7 +167,7 @@ def main() -> None:
         raise SystemExit("inclusion_probabilities() disagrees with the enumeration of the design")
     # plot_inclusion_frequencies draws the target from a policy-like object; wrap the exact pi.
     target = SamplingPolicy(exact, args.gamma, tuple(check.index))
-    plot_inclusion_frequencies(draws, target, out / "inclusion.png")
+    plot_inclusion_frequencies(draws, target, folder.file("inclusion.png"))
 
     # Train with it by name. The engine builds its own instance from the registry.
     lisa_config = LisaConfig(
@@ -188,16 +189,17 @@ def main() -> None:
             lisa=lisa_config,
             max_new_tokens=args.max_new_tokens,
         ),
-        out_dir=out,
+        out_dir=folder,
         progress=False,
     )
+    folder.close()
     print(f"active sets (step, blocks): {result.active_history}")
     for stage in ("before", "after"):
         scores = result.metrics[stage]
         print(
             f"{stage:>6}: held-out loss {scores['eval_loss']:.4f}, accuracy {scores['accuracy']:.3f}"
         )
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))} to {out}")
+    print(f"wrote {', '.join(folder.written)} to {folder.path}")
 
 
 if __name__ == "__main__":

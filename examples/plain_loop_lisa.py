@@ -25,27 +25,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from diagnostics.training import DEFAULT_LEARNING_RATES, evaluate_loss
-from lisa.data import DataCollator, load_examples, tokenize_examples
+from lisa import Lisa, LisaConfig
+from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa.memory import memory_report, minimum_optimizer_state_bytes
-from lisa.models import DEFAULT_MODEL, load_model
-from lisa.switching import Lisa, LisaConfig
+from lisa_apps.data import DataCollator, load_examples, tokenize_examples
+from lisa_apps.models import DEFAULT_MODEL, load_model
+from lisa_apps.outputs import RunFolder
+from lisa_apps.training import evaluate_loss
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or a local folder")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps")
-    parser.add_argument("--out", default="loop-out", help="output folder")
+    parser.add_argument("--out", default="loop-out", help="output folder (new, empty, or an earlier run of this script with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--gamma", type=int, default=2, help="blocks trained per period")
     parser.add_argument("--interval", type=int, default=5, help="optimizer steps per period K")
     parser.add_argument(
@@ -78,8 +79,8 @@ def main() -> None:
     # oversubscribed OpenMP threads make CPU training slower and its timings noisy.
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(args.out, command="examples/plain_loop_lisa.py", overwrite=args.overwrite)
+    folder.check()  # before any work: refuse another run's results in --out
 
     model, tokenizer = load_model(args.model, seed=args.seed)
     collate = DataCollator(tokenizer)
@@ -132,9 +133,10 @@ def main() -> None:
     print(f"held-out loss: {before:.4f} before, {after:.4f} after {args.steps} LISA steps")
     print(f"draws (step, active blocks): {lisa.history}")
 
-    ft_report.to_csv(out / "memory_ft.csv", index=False)
-    lisa_report.to_csv(out / "memory_lisa.csv", index=False)
-    (out / "history.json").write_text(json.dumps(lisa.state_dict()["history"]))
+    with folder:
+        folder.write_text("memory_ft.csv", ft_report.to_csv(index=False))
+        folder.write_text("memory_lisa.csv", lisa_report.to_csv(index=False))
+        folder.write_json("history.json", lisa.state_dict()["history"])
     columns = ["grad_bytes", "optimizer_state_bytes"]
     side = pd.concat(
         {

@@ -24,25 +24,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
 from transformers import Trainer, TrainingArguments
 
-from diagnostics.training import DEFAULT_LEARNING_RATES
 from lisa.callback import LisaCallback
-from lisa.data import DataCollator, load_examples, tokenize_examples
+from lisa.config import LisaConfig
+from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa.memory import memory_report
-from lisa.models import DEFAULT_MODEL, load_model
-from lisa.switching import LisaConfig
+from lisa_apps.data import DataCollator, load_examples, tokenize_examples
+from lisa_apps.models import DEFAULT_MODEL, load_model
+from lisa_apps.outputs import RunFolder
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="built-in name or a local folder")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps")
-    parser.add_argument("--out", default="trainer-out", help="the Trainer's output_dir")
+    parser.add_argument(
+        "--out", default="trainer-out", help="output folder (the Trainer's output_dir is out/trainer)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--gamma", type=int, default=2, help="blocks trained per period")
     parser.add_argument("--interval", type=int, default=5, help="optimizer steps per period K")
     parser.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATES["lisa"])
@@ -64,7 +67,8 @@ def main() -> None:
     # oversubscribed OpenMP threads make CPU training slower and its timings noisy.
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
+    folder = RunFolder(args.out, command="examples/trainer_lisa.py", overwrite=args.overwrite)
+    folder.open()  # refused before any work if --out holds another run's results
 
     model, tokenizer = load_model(args.model, seed=args.seed)
     train = tokenize_examples(
@@ -80,7 +84,7 @@ def main() -> None:
 
     callback = LisaCallback(LisaConfig(gamma=args.gamma, interval=args.interval, seed=args.seed))
     training_args = TrainingArguments(
-        output_dir=str(out),
+        output_dir=str(folder.file("trainer")),  # checkpoints go here with --save-steps
         max_steps=args.steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=8,
@@ -110,7 +114,7 @@ def main() -> None:
     after = trainer.evaluate()["eval_loss"]
 
     logs = pd.DataFrame(trainer.state.log_history)
-    logs.to_csv(out / "log_history.csv", index=False)
+    folder.write_text("log_history.csv", logs.to_csv(index=False))
     steps = logs[logs["loss"].notna()] if "loss" in logs else logs
     columns = ["step", "loss", "lisa_active_blocks", "lisa_freed_bytes"]
     print("Trainer logs (the callback adds the active blocks and the bytes it freed):")
@@ -119,14 +123,15 @@ def main() -> None:
     print(f"held-out loss: {before:.4f} before, {after:.4f} after {args.steps} steps")
 
     report = memory_report(model, trainer.optimizer, callback.lisa.layer_map)
-    report.to_csv(out / "memory.csv", index=False)
+    folder.write_text("memory.csv", report.to_csv(index=False))
     holding = report[(report["group"] != "total") & (report["optimizer_state_bytes"] > 0)]
     total = report.set_index("group").loc["total"]
     print(
         f"AdamW state held at the end: {total['optimizer_state_bytes']:,} bytes, by "
         f"{', '.join(holding['group'])} (active: {callback.lisa.trainable_groups()})"
     )
-    print(f"wrote log_history.csv and memory.csv to {out}")
+    folder.close()
+    print(f"wrote {', '.join(folder.written)} to {folder.path}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
 """LISA: Layerwise Importance Sampled AdamW (Pan et al. 2024, arXiv 2403.17919).
 
-The method: a map of a model's layer groups, samplers that choose which middle blocks train,
-and the engine that switches them (for plain PyTorch loops and transformers.Trainer).
+The method only: a map of a model's layer groups, samplers that choose which middle blocks
+train, the engine that switches them (for plain PyTorch loops and transformers.Trainer), exact
+memory accounting and the helpers for several processes. It needs torch and numpy; pandas (for
+``memory_report``) and transformers' Trainer machinery (for ``LisaCallback``) load only when
+those names are used.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lisa.data import (
-    DataCollator,
-    extract_answer,
-    load_examples,
-    load_jsonl,
-    make_math_problems,
-    tokenize_examples,
+from lisa.config import STATE_POLICIES, LisaConfig, sampler_spec
+from lisa.defaults import (
+    DEFAULT_GAMMA,
+    DEFAULT_INTERVAL,
+    DEFAULT_LEARNING_RATES,
+    DEFAULT_LORA_RANK,
+    default_lora_alpha,
 )
+from lisa.distributed import check_same_draw
+from lisa.engine import Lisa
 from lisa.layers import EMBED, EXTRAS, HEAD, LayerMap, block_group, block_index
 from lisa.memory import (
     grad_bytes,
@@ -25,7 +30,6 @@ from lisa.memory import (
     parameter_bytes,
     tensor_bytes,
 )
-from lisa.models import DEFAULT_MODEL, available_models, load_model
 from lisa.samplers import (
     BernoulliSampler,
     CyclicSampler,
@@ -40,19 +44,21 @@ from lisa.samplers import (
     register_sampler,
     systematic_sample,
 )
-from lisa.switching import STATE_POLICIES, Lisa, LisaConfig
+from lisa.signature import check_layer_signature, layer_signature, signature_difference
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "DEFAULT_MODEL",
+    "DEFAULT_GAMMA",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_LEARNING_RATES",
+    "DEFAULT_LORA_RANK",
     "EMBED",
     "EXTRAS",
     "HEAD",
     "STATE_POLICIES",
     "BernoulliSampler",
     "CyclicSampler",
-    "DataCollator",
     "FixedSampler",
     "LayerMap",
     "Lisa",
@@ -63,26 +69,25 @@ __all__ = [
     "UniformSampler",
     "WeightedSampler",
     "__version__",
-    "available_models",
     "available_samplers",
     "block_group",
     "block_index",
-    "extract_answer",
+    "check_layer_signature",
+    "check_same_draw",
+    "default_lora_alpha",
     "grad_bytes",
     "inclusion_probabilities_from_scores",
-    "load_examples",
-    "load_jsonl",
-    "load_model",
-    "make_math_problems",
+    "layer_signature",
     "make_sampler",
     "memory_report",
     "minimum_optimizer_state_bytes",
     "optimizer_state_bytes",
     "parameter_bytes",
     "register_sampler",
+    "sampler_spec",
+    "signature_difference",
     "systematic_sample",
     "tensor_bytes",
-    "tokenize_examples",
 ]
 
 

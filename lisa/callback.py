@@ -12,7 +12,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from lisa.switching import Lisa, LisaConfig
+from lisa.config import LisaConfig
+from lisa.engine import Lisa
 
 __all__ = ["LisaCallback"]
 
@@ -41,8 +42,8 @@ class LisaCallback(TrainerCallback, ExportableState):
     Example:
         >>> import tempfile
         >>> from transformers import Trainer, TrainingArguments
-        >>> from lisa.data import DataCollator, make_math_problems, tokenize_examples
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.data import DataCollator, make_math_problems, tokenize_examples
+        >>> from lisa_apps.models import load_model
         >>> model, tokenizer = load_model("tiny-llama")
         >>> data = tokenize_examples(make_math_problems(4), tokenizer, max_length=384)
         >>> args = TrainingArguments(
@@ -61,19 +62,17 @@ class LisaCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, config: LisaConfig | Mapping[str, Any] | None) -> None:
-        # A checkpoint stores the config as a dict, or None when its sampler was an instance
-        # (not JSON-able); the Trainer passes that back only with
-        # restore_callback_states_from_checkpoint=True.
-        if config is None or (
-            isinstance(config, Mapping) and not isinstance(config.get("sampler", "uniform"), str)
-        ):
+        # A checkpoint stores the config as a dict (None when its sampler had no spec()); the
+        # Trainer passes that back only with restore_callback_states_from_checkpoint=True.
+        if config is None:
             raise ValueError(
-                "LisaCallback needs a LisaConfig; a checkpoint cannot rebuild one whose sampler "
-                "was an instance. Leave restore_callback_states_from_checkpoint=False (the "
-                "default): LisaCallback restores its schedule from the checkpoint on its own"
+                "LisaCallback needs a LisaConfig; this checkpoint holds none because its sampler "
+                "could not be written as JSON (no spec()). Pass LisaCallback(LisaConfig(...)) "
+                "and leave restore_callback_states_from_checkpoint=False (the default): "
+                "LisaCallback restores its schedule from the checkpoint on its own"
             )
         if isinstance(config, Mapping):
-            config = LisaConfig(**config)
+            config = LisaConfig.from_dict(config)
         elif not isinstance(config, LisaConfig):
             raise TypeError(f"config must be a LisaConfig, got {type(config).__name__}")
         self.config = config
@@ -84,7 +83,10 @@ class LisaCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         """Callback state for trainer_state.json: config (if JSON-able) and the schedule."""
-        config = self.config.to_dict() if isinstance(self.config.sampler, str) else None
+        try:
+            config = self.config.to_dict()
+        except ValueError:  # a custom sampler instance without spec(): the schedule still saves
+            config = None
         return {
             "args": {"config": config},
             "attributes": {"lisa_state": None if self.lisa is None else self.lisa.state_dict()},

@@ -4,7 +4,7 @@ LISA (Pan et al. 2024) always trains the embedding (E) and the output head (H) a
 among the N middle blocks. This module finds those groups in a transformers model (plain or
 PEFT-wrapped) and guarantees that every parameter lands in exactly one of them.
 
-Discovery of the blocks list (DESIGN.md section 2, rule 5 of section 3): an explicit
+Discovery of the blocks list (docs/design.md section 2, and rule 5 of section 3): an explicit
 ``blocks_path``, else a table of known architectures, else the longest ``nn.ModuleList`` of
 same-class modules, else a ValueError that says how to pass ``blocks_path``.
 """

@@ -7,13 +7,15 @@ one), so the numbers are what the tensors actually hold, not estimates.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from lisa.layers import LayerMap
+
+if TYPE_CHECKING:  # pandas loads when a report is made, not with `import lisa`
+    import pandas as pd
 
 __all__ = [
     "grad_bytes",
@@ -165,7 +167,7 @@ def memory_report(
         in LayerMap order, then "total" (storages counted once over the whole model).
 
     Example:
-        >>> from lisa.models import load_model
+        >>> from lisa_apps.models import load_model
         >>> model, tokenizer = load_model("tiny-llama")
         >>> optimizer = torch.optim.AdamW(model.parameters())
         >>> report = memory_report(model, optimizer).set_index("group")
@@ -174,6 +176,8 @@ def memory_report(
         >>> int(report.loc["total", "grad_bytes"])  # no backward pass yet
         0
     """
+    import pandas as pd
+
     layer_map = LayerMap.from_model(model) if layer_map is None else layer_map
     rows = []
     for group in layer_map.group_names:

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
-.venv/bin/python -m ruff check lisa diagnostics tests examples bench
+.venv/bin/python -m ruff check lisa diagnostics lisa_apps tests examples bench scripts
 .venv/bin/python -m pytest -q "$@"

@@ -8,6 +8,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from lisa_apps.tiny import build_tiny_model
+
 # "ci" is deterministic (derandomize) so a CI failure reproduces; "dev" explores more.
 settings.register_profile(
     "ci",
@@ -26,36 +28,25 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_llama():
-    """Factory for a tiny random LlamaForCausalLM (untied by default)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Factory for a tiny random LlamaForCausalLM (untied by default; lisa_apps.tiny's model)."""
 
     def make(num_blocks: int = 4, hidden: int = 32, vocab: int = 128, tie: bool = False, seed: int = 0):
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=num_blocks,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            tie_word_embeddings=tie,
-        )
-        return LlamaForCausalLM(config)
+        return build_tiny_model(
+            "tiny-llama", num_blocks=num_blocks, hidden=hidden, vocab_size=vocab, tie=tie,
+            seed=seed, max_positions=128,
+        )  # fmt: skip
 
     return make
 
 
 @pytest.fixture
 def tiny_gpt2():
-    """Factory for a tiny random GPT2LMHeadModel (tied embeddings)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """Factory for a tiny random GPT2LMHeadModel (tied embeddings; lisa_apps.tiny's model)."""
 
     def make(num_blocks: int = 4, hidden: int = 32, vocab: int = 128, seed: int = 0):
-        torch.manual_seed(seed)
-        config = GPT2Config(
-            vocab_size=vocab, n_embd=hidden, n_layer=num_blocks, n_head=4, n_positions=128
-        )
-        return GPT2LMHeadModel(config)
+        return build_tiny_model(
+            "tiny-gpt2", num_blocks=num_blocks, hidden=hidden, vocab_size=vocab, seed=seed,
+            max_positions=128,
+        )  # fmt: skip
 
     return make

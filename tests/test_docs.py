@@ -1,32 +1,113 @@
-"""Docs stay true: every ```python block in README.md and docs/*.md runs, and docs/api.md is current."""
+"""Docs stay true: every ```python block in README.md and docs/*.md runs and prints what the page
+shows, every `lisa ...` command line in them parses, docs/api.md is current, and the packages
+depend on each other in one direction only.
+
+A python block that prints must be followed by an ```output block holding what it prints;
+the comparison is doctest's (``...`` matches anything, whitespace runs are equal), so a page
+shows real output, with ``...`` only where a value varies (timings, paths, random draws).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import doctest
 import importlib.util
+import io
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n?", re.DOTALL | re.MULTILINE)
+CHECKER = doctest.OutputChecker()
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-def python_blocks(page: Path) -> list[str]:
-    return PYTHON_BLOCK.findall(page.read_text())
+def blocks(page: Path) -> list[tuple[str, str, int]]:
+    """(language, text, line) of every fenced block of a page, in order."""
+    text = page.read_text()
+    return [
+        (m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in BLOCK.finditer(text)
+    ]
+
+
+def python_runs(page: Path) -> list[tuple[str, str | None, int]]:
+    """Each python block with the output block that follows it (None when there is none)."""
+    found = blocks(page)
+    runs = []
+    for index, (language, text, line) in enumerate(found):
+        if language != "python":
+            continue
+        following = found[index + 1] if index + 1 < len(found) else None
+        expected = following[1] if following and following[0] == "output" else None
+        runs.append((text, expected, line))
+    return runs
 
 
 @pytest.mark.parametrize(
-    "page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix()
+    "page", [p for p in PAGES if python_runs(p)], ids=lambda p: p.relative_to(ROOT).as_posix()
 )
-def test_every_python_block_in_page_runs(page, tmp_path, monkeypatch):
+def test_every_python_block_runs_and_prints_what_the_page_shows(page, tmp_path, monkeypatch):
     # A page's blocks share one namespace, in order, as a reader would run them.
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
-    for number, block in enumerate(python_blocks(page), start=1):
-        code = compile(block, f"{page.name}[block {number}]", "exec")
-        exec(code, namespace)
+    for text, expected, line in python_runs(page):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(text, f"{page.name}:{line}", "exec"), namespace)
+        got = printed.getvalue()
+        if expected is None:
+            assert not got, (
+                f"{page.name}:{line} prints but the page shows no ```output block after it:\n{got}"
+            )
+            continue
+        assert CHECKER.check_output(expected, got, OPTIONS), (
+            f"{page.name}:{line} printed something else than the page shows\n"
+            f"--- page\n{expected}--- printed\n{got}"
+        )
+
+
+def lisa_command_lines(page: Path) -> list[tuple[list[str], int]]:
+    """Every `lisa ...` line of the page's bash blocks, split as the shell would."""
+    found = []
+    for language, text, line in blocks(page):
+        if language not in ("bash", "sh", "shell"):
+            continue
+        joined = text.replace("\\\n", " ")
+        for offset, command in enumerate(joined.splitlines()):
+            command = command.split(" #", 1)[0].strip()
+            for part in re.split(r"\s*(?:&&|;)\s*", command):
+                words = shlex.split(part) if part else []
+                if words and words[0] == "lisa":
+                    found.append((words[1:], line + offset + 1))
+    return found
+
+
+def test_every_documented_lisa_command_line_parses():
+    from lisa_apps.cli import COMMANDS, build_parser
+
+    checked = 0
+    for page in PAGES:
+        for argv, line in lisa_command_lines(page):
+            where = f"{page.relative_to(ROOT)}:{line}: lisa {' '.join(argv)}"
+            if argv and argv[0] in ("--help", "--version", "-h"):
+                continue
+            assert argv and argv[0] in COMMANDS, f"{where}: no such command"
+            parser = build_parser()
+            subparsers = next(a for a in parser._actions if a.__class__.__name__.endswith("SubParsersAction"))
+            module = importlib.import_module(f"lisa_apps.commands.{COMMANDS[argv[0]][0]}")
+            module.configure(subparsers.choices[argv[0]])
+            try:
+                parser.parse_args(argv)
+            except Exception as error:  # the parser's one-line UsageError
+                pytest.fail(f"{where}: {error}")
+            checked += 1
+    assert checked > 10  # the pages do document the commands
 
 
 def test_api_reference_is_current():
@@ -38,10 +119,53 @@ def test_api_reference_is_current():
     assert actual == expected, "docs/api.md is stale: run .venv/bin/python scripts/gen_api_docs.py"
 
 
-def test_package_import_direction_lisa_never_imports_diagnostics():
-    offenders = [
-        path.relative_to(ROOT).as_posix()
-        for path in (ROOT / "lisa").rglob("*.py")
-        if re.search(r"^\s*(from|import)\s+diagnostics\b", path.read_text(), re.MULTILINE)
-    ]
+def _imports(package: str) -> set[tuple[str, str]]:
+    """(file, imported top-level package) for every import statement in a package's code."""
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for match in re.finditer(r"^\s*(?:from|import)\s+(\w+)", path.read_text(), re.MULTILINE):
+            found.add((path.relative_to(ROOT).as_posix(), match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("lisa", {"diagnostics", "lisa_apps", "bench"}), ("diagnostics", {"lisa_apps", "bench"})],
+)
+def test_dependencies_run_one_way_method_analysis_applications(package, forbidden):
+    offenders = sorted(f"{file} imports {name}" for file, name in _imports(package) if name in forbidden)
     assert offenders == []
+
+
+def test_import_lisa_loads_neither_pandas_nor_the_trainer_machinery():
+    code = (
+        "import sys, lisa\n"
+        "lisa.Lisa, lisa.LisaConfig, lisa.make_sampler\n"
+        "print(sorted(m for m in ('pandas', 'transformers.trainer', 'matplotlib', 'diagnostics',"
+        " 'lisa_apps') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_nothing_in_the_repository_cites_files_outside_it():
+    pattern = re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared|/work/")
+    offenders = []
+    for path in ROOT.rglob("*"):
+        if ".venv" in path.parts or ".git" in path.parts or not path.is_file():
+            continue
+        if path.suffix not in (".py", ".md", ".toml", ".sh", ".txt", ".json", ".cfg", ".yaml"):
+            continue
+        if pattern.search(path.read_text(errors="ignore")) and path.name != "test_docs.py":
+            offenders.append(path.relative_to(ROOT).as_posix())
+    assert offenders == []
+
+
+def test_bench_is_importable_without_path_edits():
+    offenders = [p.name for p in (ROOT / "bench").glob("*.py") if "sys.path" in p.read_text()]
+    assert offenders == []
+    result = subprocess.run(
+        [sys.executable, "-c", "import bench.methods, bench.workload, bench.memory_time"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr

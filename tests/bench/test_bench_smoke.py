@@ -32,8 +32,9 @@ QUICK_LABELS = [
 
 def _run(script: str, tmp_path_factory, *extra: str) -> tuple[str, dict]:
     out = tmp_path_factory.mktemp(script.removesuffix(".py")) / "result.json"
+    module = f"bench.{script.removesuffix('.py')}"
     completed = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--json-out", str(out), *extra],
+        [sys.executable, "-m", module, "--quick", "--json-out", str(out), *extra],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -159,7 +160,8 @@ def test_cuda_request_without_cuda_fails_clearly(tmp_path):
     completed = subprocess.run(
         [
             sys.executable,
-            str(BENCH / "workload.py"),
+            "-m",
+            "bench.workload",
             "--method",
             "ft",
             "--quick",
@@ -170,6 +172,7 @@ def test_cuda_request_without_cuda_fails_clearly(tmp_path):
         ],
         capture_output=True,
         text=True,
+        cwd=ROOT,
         timeout=300,
     )
     assert completed.returncode != 0

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 
-from diagnostics.policy import SamplingPolicy, block_means, derive_policy, layer_signature
+from diagnostics.policy import SamplingPolicy, block_means, derive_policy
 from lisa.layers import LayerMap
+from lisa.signature import layer_signature
 
 positive = st.floats(min_value=0.01, max_value=100.0, allow_nan=False)
 
@@ -186,7 +187,7 @@ def test_policy_arrays_are_read_only():
 def test_policy_lisa_config_draws_only_policy_blocks_and_keeps_its_flags(tiny_llama):
     import torch
 
-    from lisa.switching import Lisa
+    from lisa.engine import Lisa
 
     model = tiny_llama(num_blocks=4)
     pi = np.array([0.0, 1.0, 0.0, 1.0])

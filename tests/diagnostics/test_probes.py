@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
-from diagnostics.probes import lora_target_modules, run_probe
+from diagnostics.lora import lora_target_modules
+from diagnostics.probes import run_probe
+from lisa_apps.data import DataCollator
 
 STEPS = 3
+COLLATE = DataCollator(pad_token_id=0)
 
 
 @pytest.fixture
@@ -21,79 +27,72 @@ def _state(model):
     return {name: p.detach().clone() for name, p in model.state_dict().items()}
 
 
-def test_ft_probe_records_every_step_and_leaves_the_model_alone(tiny_llama, features):
+def probe(model, features, method="ft", **kwargs):
+    return run_probe(model, features, method, collate=COLLATE, progress=False, **kwargs)
+
+
+def test_ft_probe_records_every_step_and_trains_the_given_model_in_place(tiny_llama, features):
     model = tiny_llama()
     before = _state(model)
-    table = run_probe(
-        model,
-        features,
-        "ft",
-        steps=STEPS,
-        lr=1e-2,
-        batch_size=4,
-        kinds=("weight", "delta"),
-        progress=False,
-    )
+    table = probe(model, features, steps=STEPS, lr=1e-2, batch_size=4, kinds=("weight", "delta"))
     assert sorted(table["step"].unique()) == list(range(STEPS + 1))
     delta = table[table["kind"] == "delta"].set_index(["step", "group"])["norm"]
     assert delta.loc[0].eq(0.0).all()
     assert (delta.loc[STEPS] > 0).all()
     assert len(table.attrs["losses"]) == STEPS
     after = model.state_dict()
-    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert not all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_lora_probe_trains_adapters_only_and_leaves_the_model_alone(tiny_llama, features):
-    model = tiny_llama()
-    table = run_probe(
-        model,
-        features,
-        "lora",
-        steps=STEPS,
-        lr=1e-2,
-        batch_size=4,
+def test_a_model_function_builds_a_fresh_model_that_the_probe_drops(tiny_llama, features):
+    built = []
+
+    def build():
+        built.append(weakref.ref(model := tiny_llama()))
+        return model
+
+    table = probe(build, features, steps=2, lr=1e-2)
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None  # no copy outlives the probe
+    assert len(table.attrs["losses"]) == 2
+
+
+def test_lora_probe_trains_adapters_only(tiny_llama, features):
+    table = probe(
+        tiny_llama, features, "lora", steps=STEPS, lr=1e-2, batch_size=4,
         kinds=("trainable", "delta"),
-        progress=False,
-    )
+    )  # fmt: skip
     trainable = table[table["kind"] == "trainable"]
     assert set(trainable["group"]) == {f"block.{i}" for i in range(4)}
     delta = table[table["kind"] == "delta"].set_index(["step", "group"])["norm"]
     assert delta.loc[0].eq(0.0).all()  # B = 0 at initialisation
     assert (delta.loc[STEPS][[f"block.{i}" for i in range(4)]] > 0).all()
     assert delta.loc[STEPS][["embed", "head", "extras"]].eq(0.0).all()  # frozen
-    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_lora_probe_uses_the_default_alpha_of_twice_the_rank(tiny_llama, features):
+    table = probe(tiny_llama, features, "lora", steps=1, lora_rank=4)
+    settings = table.attrs["sidecar"]["settings"]
+    assert (settings["lora_rank"], settings["lora_alpha"]) == (4, 8.0)
 
 
 def test_probe_is_deterministic_for_a_seed(tiny_llama, features):
-    first = run_probe(tiny_llama(), features, "lora", steps=2, lr=1e-2, seed=3, progress=False)
-    second = run_probe(tiny_llama(), features, "lora", steps=2, lr=1e-2, seed=3, progress=False)
+    first = probe(tiny_llama(), features, "lora", steps=2, lr=1e-2, seed=3)
+    second = probe(tiny_llama(), features, "lora", steps=2, lr=1e-2, seed=3)
     assert first["norm"].tolist() == second["norm"].tolist()
     assert first.attrs["losses"] == second.attrs["losses"]
 
 
-def test_probe_tokenizes_raw_examples_and_streams_to_disk(tmp_path):
+def test_probe_streams_to_disk(tmp_path, tiny_llama, features):
     from diagnostics.recorder import load_norms
-    from lisa.data import load_examples
-    from lisa.models import load_model
 
-    model, tokenizer = load_model("tiny-llama")
-    examples = load_examples("math", num_examples=8)
-    table = run_probe(
-        model,
-        examples,
-        "ft",
-        steps=2,
-        tokenizer=tokenizer,
-        max_length=256,
-        progress=False,
-        path=tmp_path,
-    )
+    table = probe(tiny_llama(), features, steps=2, path=tmp_path)
     assert table["norm"].tolist() == load_norms(tmp_path)["norm"].tolist()
 
 
-def test_untokenized_examples_without_tokenizer_are_refused(tiny_llama):
-    with pytest.raises(ValueError, match="tokenizer"):
-        run_probe(tiny_llama(), [{"instruction": "a", "output": "b"}], "ft", steps=1)
+def test_untokenized_examples_are_refused(tiny_llama):
+    with pytest.raises(ValueError, match="tokenized features"):
+        probe(tiny_llama(), [{"instruction": "a", "output": "b"}], steps=1)
 
 
 @pytest.mark.parametrize(
@@ -102,11 +101,26 @@ def test_untokenized_examples_without_tokenizer_are_refused(tiny_llama):
         ({"method": "qlora"}, "method"),
         ({"steps": 0}, "steps"),
         ({"lr": -1.0}, "lr"),
+        ({"precision": "fp8"}, "precision"),
+        ({"device": "tpu"}, "device"),
     ],
 )
 def test_bad_settings_are_refused(tiny_llama, features, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        run_probe(tiny_llama(), features, **{"method": "ft", **kwargs})
+        probe(tiny_llama(), features, **kwargs)
+
+
+def test_bf16_mixed_probe_keeps_float32_weights(tiny_llama, features):
+    model = tiny_llama()
+    table = probe(model, features, steps=1, precision="bf16-mixed")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert table.attrs["sidecar"]["settings"]["precision"] == "bf16-mixed"
+
+
+def test_pure_bf16_probe_trains_bfloat16_weights(tiny_llama, features):
+    model = tiny_llama()
+    probe(model, features, steps=1, precision="bf16", gradient_checkpointing=True)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
 
 
 def test_lora_targets_are_the_block_linear_layers(tiny_llama, tiny_gpt2):
@@ -117,8 +131,6 @@ def test_lora_targets_are_the_block_linear_layers(tiny_llama, tiny_gpt2):
 
 
 def test_lora_probe_on_gpt2_conv1d_layers(tiny_gpt2, features):
-    table = run_probe(
-        tiny_gpt2(), features, "lora", steps=2, lr=1e-2, kinds=("weight", "delta"), progress=False
-    )
+    table = probe(tiny_gpt2(), features, "lora", steps=2, lr=1e-2, kinds=("weight", "delta"))
     delta = table[table["kind"] == "delta"].set_index(["step", "group"])["norm"]
     assert delta.loc[0].eq(0.0).all() and (delta.loc[2][[f"block.{i}" for i in range(4)]] > 0).all()

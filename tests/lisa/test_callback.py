@@ -10,8 +10,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from lisa.callback import LisaCallback
+from lisa.config import LisaConfig
 from lisa.samplers import make_sampler
-from lisa.switching import LisaConfig
 
 VOCAB = 128
 
@@ -192,7 +192,22 @@ def test_restored_callback_from_config_dict(tmp_path):
     callback = LisaCallback(LisaConfig(gamma=3, interval=4))
     rebuilt = LisaCallback(**callback.state()["args"])
     assert rebuilt.config == callback.config
+    # A built-in sampler instance is stored by its name and options, so it restores too.
     instance = LisaCallback(LisaConfig(gamma=1, sampler=make_sampler("uniform", 4, gamma=1)))
+    restored = LisaCallback(**instance.state()["args"]).config
+    assert (restored.sampler, restored.sampler_options) == ("uniform", {"gamma": 1})
+
+    class NoSpec:  # a user's sampler without spec() cannot be written as JSON
+        num_blocks, gamma = 4, 1
+
+        def sample(self, rng):
+            return (0,)
+
+        def inclusion_probabilities(self):
+            return [1.0, 0.0, 0.0, 0.0]
+
+    custom = LisaCallback(LisaConfig(gamma=1, sampler=NoSpec()))
+    assert custom.state()["args"]["config"] is None
     with pytest.raises(ValueError, match="restore_callback_states_from_checkpoint"):
-        LisaCallback(**instance.state()["args"])
+        LisaCallback(**custom.state()["args"])
     assert not os.listdir(tmp_path)

@@ -1,1 +1,0 @@
-"""Subcommands of the `lisa` CLI, one module each (configure(parser), run(args) -> int)."""

@@ -1,0 +1,543 @@
+"""The LISA engine: which blocks train in each period, applied to a model and its optimizer.
+
+Every `interval` optimizer steps the engine draws `gamma` of the model's N blocks with a
+sampler, freezes everything else except the embedding (E), the LM head (H) and the "extras"
+(final norm, ...), and applies a state policy to the optimizer (Pan et al. 2024,
+arXiv 2403.17919, Algorithm 1; docs/design.md lists the rules enforced here).
+
+The one pattern for a plain PyTorch loop::
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)  # over ALL parameters
+    lisa = Lisa(model, optimizer, LisaConfig(gamma=2, interval=20))
+    for batch in batches:
+        lisa.begin_step()             # before the forward of every optimizer step
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lisa.config import LisaConfig
+from lisa.distributed import check_same_draw
+from lisa.layers import LayerMap, block_index
+from lisa.samplers import SUM_TOLERANCE, Sampler, make_sampler
+from lisa.samplers.registry import sampler_factory
+from lisa.signature import check_layer_signature
+from lisa.validation import is_int
+
+__all__ = ["Lisa", "build_sampler"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+class Lisa:
+    """The LISA switching engine for one model and its optimizer.
+
+    Period i = step // interval trains A_i = E + H + extras + blocks S_i, with S_i drawn by
+    the sampler from the engine's own np.random.Generator(PCG64(seed)). A switch sets
+    requires_grad=False and grad=None on every parameter outside A_i, requires_grad=True
+    inside it, then applies the state policy to `optimizer.state`.
+
+    Call `begin_step()` once at the start of every optimizer step, before the forward pass
+    (with gradient accumulation: once per optimizer step, not per micro-batch). It switches on
+    the first call and whenever the step enters a new period; after `load_state_dict` its
+    first call re-applies the restored active set unless that step starts a new period.
+    Build the optimizer over all parameters first: the engine only toggles parameters that
+    are in the optimizer and refuses a model whose blocks were frozen before the optimizer
+    was built (such blocks could never train).
+
+    Args:
+        model: the model (plain, or PEFT-wrapped: only optimizer parameters are toggled).
+        optimizer: any torch optimizer with per-parameter state (AdamW, SGD with momentum...).
+        config: the LisaConfig.
+        layer_map: a LayerMap of `model`; built with config.blocks_path when None.
+
+    Example:
+        >>> from lisa_apps.models import load_model
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> optimizer = torch.optim.AdamW(model.parameters())
+        >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=1, interval=2))
+        >>> lisa.begin_step()
+        (3,)
+        >>> lisa.trainable_groups()
+        ('embed', 'block.3', 'head', 'extras')
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: LisaConfig,
+        layer_map: LayerMap | None = None,
+    ) -> None:
+        if not isinstance(config, LisaConfig):
+            raise TypeError(f"config must be a LisaConfig, got {type(config).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.config = config
+        self.layer_map = self._resolve_layer_map(model, config, layer_map)
+        if config.layer_signature is not None:
+            check_layer_signature(self.layer_map, config.layer_signature, what="the LisaConfig")
+        self.sampler = build_sampler(config, self.layer_map.num_blocks)
+        self._groups = self._managed_groups(model, optimizer, self.layer_map, config)
+        if self.layer_map.tied and config.train_head and not config.train_embeddings:
+            logger.warning(
+                "the model ties its embedding and head: the shared matrix belongs to 'embed' "
+                "and stays frozen with train_embeddings=False, so the head does not train"
+            )
+        if getattr(self.sampler, "gamma", None) == 0:
+            logger.warning(
+                "gamma=0: no block trains, only %s",
+                ", ".join(g for g in ("embed", "head", "extras") if g in self._trained_groups(()))
+                or "nothing (every group is switched off)",
+            )
+        self._rng = np.random.Generator(np.random.PCG64(config.seed))
+        self.active_blocks: tuple[int, ...] = ()
+        self.history: list[tuple[int, tuple[int, ...]]] = []
+        self.freed_bytes_total = 0
+        self.last_freed_bytes = 0
+        self._period: int | None = None
+        self._next_step = 0
+        self._reapply_pending = False
+
+    # construction checks -------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_layer_map(
+        model: nn.Module, config: LisaConfig, layer_map: LayerMap | None
+    ) -> LayerMap:
+        if layer_map is None:
+            try:
+                return LayerMap.from_model(model, config.blocks_path)
+            except (AttributeError, KeyError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"LISA could not map the blocks of {type(model).__name__} "
+                    f"(LisaConfig.blocks_path={config.blocks_path!r}): {error}. Set "
+                    "LisaConfig(blocks_path=...) to the dotted path of the ModuleList of "
+                    "transformer blocks (e.g. 'model.layers')"
+                ) from error
+        if layer_map.model is not model:
+            raise ValueError("layer_map was built for another model; build it from this model")
+        if config.blocks_path is not None and layer_map.blocks_path != config.blocks_path:
+            raise ValueError(
+                f"blocks_path={config.blocks_path!r} disagrees with the given layer_map "
+                f"({layer_map.blocks_path!r}); pass one of them"
+            )
+        return layer_map
+
+    @staticmethod
+    def _managed_groups(
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        layer_map: LayerMap,
+        config: LisaConfig,
+    ) -> dict[str, list[nn.Parameter]]:
+        """Group name -> parameters the engine toggles (those in the optimizer)."""
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        not_optimized = [
+            name
+            for name, p in model.named_parameters()
+            if p.requires_grad and id(p) not in in_optimizer
+        ]
+        if not_optimized:
+            raise ValueError(
+                f"{len(not_optimized)} trainable parameters are not in the optimizer "
+                f"(e.g. {not_optimized[:3]}); build the optimizer over every parameter LISA may "
+                "train, or set requires_grad=False on those you never want trained"
+            )
+        groups = {
+            group: [p for _, p in layer_map.parameters(group) if id(p) in in_optimizer]
+            for group in layer_map.group_names
+        }
+        # DESIGN rule 1: a model frozen before its optimizer was built has blocks the
+        # optimizer never sees; unfreezing them later would train nothing.
+        missing = [
+            group
+            for group in layer_map.group_names
+            if block_index(group) is not None and not groups[group]
+        ]
+        wanted = {"embed": config.train_embeddings, "head": config.train_head}
+        wanted["extras"] = config.train_extras
+        missing += [
+            g for g in ("embed", "head", "extras") if wanted[g] and g in groups and not groups[g]
+        ]
+        if missing:
+            raise ValueError(
+                f"groups {missing} have no parameter in the optimizer, so LISA could never "
+                "train them. Build the optimizer before anything is frozen (Lisa freezes "
+                "itself), or switch the group off (train_embeddings/train_head/train_extras)"
+            )
+        return groups
+
+    # switching -----------------------------------------------------------------------------
+
+    def _trained_groups(self, active_blocks: Iterable[int]) -> set[str]:
+        config = self.config
+        trained = {f"block.{i}" for i in active_blocks}
+        if config.train_embeddings:
+            trained.add("embed")
+        if config.train_head:
+            trained.add("head")
+        if config.train_extras:
+            trained.add("extras")
+        return trained
+
+    def _draw(self) -> tuple[int, ...]:
+        raw = list(self.sampler.sample(self._rng))
+        name = type(self.sampler).__name__
+        if not all(is_int(i) for i in raw):
+            raise ValueError(f"{name}.sample returned {raw}; block indices must be integers")
+        drawn = tuple(sorted(int(i) for i in raw))
+        num_blocks = self.layer_map.num_blocks
+        if any(i < 0 or i >= num_blocks for i in drawn):
+            raise ValueError(f"{name}.sample returned blocks {drawn} outside 0..{num_blocks - 1}")
+        if len(set(drawn)) != len(drawn):
+            raise ValueError(
+                f"{name}.sample returned {drawn}, which repeats a block, so fewer blocks would "
+                "train than drawn; a sampler must return distinct indices"
+            )
+        sampler_gamma = getattr(self.sampler, "gamma", None)
+        if sampler_gamma is not None and len(drawn) != sampler_gamma:
+            raise ValueError(
+                f"{name}.sample returned {len(drawn)} blocks {drawn} but the sampler's gamma is "
+                f"{sampler_gamma}; a fixed-size sampler must return exactly gamma blocks"
+            )
+        return check_same_draw(drawn)
+
+    def _apply(self, active_blocks: tuple[int, ...], *, switch: bool) -> int:
+        """Set requires_grad/grad for `active_blocks` and apply the state policy.
+
+        Returns:
+            bytes of grads and optimizer state released.
+        """
+        trained = self._trained_groups(active_blocks)
+        state = self.optimizer.state
+        freed = 0
+        for group, params in self._groups.items():
+            is_trained = group in trained
+            for p in params:
+                if is_trained:
+                    p.requires_grad_(True)
+                    continue
+                p.requires_grad_(False)
+                if p.grad is not None:
+                    freed += p.grad.nbytes
+                    p.grad = None
+                # "drop" (and re-applying a restored set) frees what a frozen parameter holds.
+                if self.config.state_policy == "drop" and p in state:
+                    freed += _state_nbytes(state[p])
+                    del state[p]
+        if switch and self.config.state_policy == "reset":
+            for p in list(state.keys()):
+                freed += _state_nbytes(state[p])
+                del state[p]
+        return freed
+
+    def begin_step(self, step: int | None = None) -> tuple[int, ...]:
+        """Start an optimizer step: switch if it opens a new period, else keep the set.
+
+        period(step) = step // interval; a draw happens on the first call and whenever
+        period(step) differs from the period of the current set.
+
+        Args:
+            step: number of optimizer steps already taken (Trainer's global_step). None
+                counts calls: the previous step + 1, starting at 0.
+
+        Returns:
+            the active blocks for this step (sorted).
+
+        Example:
+            >>> from lisa_apps.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> optimizer = torch.optim.AdamW(model.parameters())
+            >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=2, interval=2))
+            >>> [lisa.begin_step() for _ in range(4)]  # a new draw every 2 steps
+            [(2, 3), (2, 3), (0, 1), (0, 1)]
+        """
+        if step is None:
+            step = self._next_step
+        elif not is_int(step) or step < 0:
+            raise ValueError(f"step={step!r} must be an integer >= 0 (optimizer steps taken)")
+        step = int(step)
+        period = step // self.config.interval
+        if self._period is None or period != self._period:
+            self._ensure_input_grads()
+            active = self._draw()
+            freed = self._apply(active, switch=True)
+            self.active_blocks = active
+            self._period = period
+            self.history.append((step, active))
+            self.last_freed_bytes = freed
+            self.freed_bytes_total += freed
+            logger.info("LISA step %d: active blocks %s, freed %d bytes", step, active, freed)
+        elif self._reapply_pending:
+            self._apply(self.active_blocks, switch=False)
+            logger.info("LISA step %d: restored active blocks %s", step, self.active_blocks)
+        self._reapply_pending = False
+        self._next_step = step + 1
+        return self.active_blocks
+
+    def _ensure_input_grads(self) -> None:
+        """Reentrant activation checkpointing needs an input that requires grad.
+
+        With E frozen, the hidden states entering a checkpointed block do not require grad,
+        and reentrant checkpointing then computes no grad for the block's parameters. Only
+        in that case do we make the embedding output require grad (DESIGN rule 7); the
+        non-reentrant default needs nothing and keeps backward stopping at the lowest
+        active block.
+        """
+        if self.config.train_embeddings or not _uses_reentrant_checkpointing(self.model):
+            return
+        if getattr(self.model, "_require_grads_hooks", None) or getattr(
+            self.model, "_require_grads_hook", None
+        ):
+            return
+        enable = getattr(self.model, "enable_input_require_grads", None)
+        if enable is None:
+            raise ValueError(
+                "reentrant activation checkpointing with train_embeddings=False needs the "
+                "embedding output to require grad; use use_reentrant=False"
+            )
+        enable()
+        logger.info("LISA: reentrant checkpointing with frozen embeddings: input grads enabled")
+
+    # checkpointing -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able schedule state: step, period, active set, RNG, sampler, history.
+
+        Returns:
+            dict that `load_state_dict` restores (json.dumps-able).
+
+        Example:
+            >>> import json
+            >>> from lisa_apps.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> lisa = Lisa(model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> sorted(json.loads(json.dumps(lisa.state_dict())))  # doctest: +NORMALIZE_WHITESPACE
+            ['active_blocks', 'freed_bytes_total', 'history', 'interval', 'num_blocks',
+             'period', 'rng', 'sampler', 'step', 'version']
+        """
+        sampler_state = None
+        if callable(getattr(self.sampler, "state_dict", None)):
+            sampler_state = self.sampler.state_dict()
+        return {
+            "version": _STATE_VERSION,
+            "num_blocks": self.layer_map.num_blocks,
+            "interval": self.config.interval,
+            "step": self._next_step,
+            "period": self._period,
+            "active_blocks": list(self.active_blocks),
+            "rng": self._rng.bit_generator.state,
+            "sampler": sampler_state,
+            "history": [[step, list(blocks)] for step, blocks in self.history],
+            "freed_bytes_total": self.freed_bytes_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a schedule saved by `state_dict` (the next begin_step re-applies it).
+
+        Args:
+            state: the dict from `state_dict()` (possibly through JSON).
+
+        Example:
+            >>> import json
+            >>> from lisa_apps.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> optimizer = torch.optim.AdamW(model.parameters())
+            >>> lisa = Lisa(model, optimizer, LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> text = json.dumps(lisa.state_dict())
+            >>> resumed = Lisa(model, optimizer, LisaConfig(gamma=1))
+            >>> resumed.load_state_dict(json.loads(text))
+            >>> resumed.begin_step() == lisa.begin_step()  # the same next draw
+            True
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"LISA state version {state.get('version')!r} is not {_STATE_VERSION}; "
+                "it was written by another version of lisa"
+            )
+        if state["num_blocks"] != self.layer_map.num_blocks:
+            raise ValueError(
+                f"the saved LISA state is for {state['num_blocks']} blocks but this model has "
+                f"{self.layer_map.num_blocks}; load it onto the model it was saved from"
+            )
+        if state["interval"] != self.config.interval:
+            raise ValueError(
+                f"the saved LISA state used interval={state['interval']} but the config has "
+                f"interval={self.config.interval}; resume with the same LisaConfig"
+            )
+        if state["rng"].get("bit_generator") != "PCG64":
+            raise ValueError(f"unexpected bit generator in LISA state: {state['rng']!r}")
+        self._rng.bit_generator.state = state["rng"]
+        if state["sampler"] is not None:
+            if not callable(getattr(self.sampler, "load_state_dict", None)):
+                raise ValueError(
+                    "the saved LISA state has sampler state but this sampler is stateless; "
+                    "resume with the same sampler"
+                )
+            self.sampler.load_state_dict(state["sampler"])
+        self._next_step = int(state["step"])
+        self._period = None if state["period"] is None else int(state["period"])
+        self.active_blocks = tuple(int(i) for i in state["active_blocks"])
+        self.history = [
+            (int(step), tuple(int(i) for i in blocks)) for step, blocks in state["history"]
+        ]
+        self.freed_bytes_total = int(state["freed_bytes_total"])
+        self.last_freed_bytes = 0
+        self._reapply_pending = self._period is not None
+
+    # conveniences --------------------------------------------------------------------------
+
+    def trainable_groups(self) -> tuple[str, ...]:
+        """Groups trained in the current period, in LayerMap order.
+
+        Returns:
+            e.g. ("embed", "block.1", "block.3", "head", "extras").
+        """
+        trained = self._trained_groups(self.active_blocks)
+        return tuple(g for g in self.layer_map.group_names if g in trained)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained in the current period (what holds grads and optimizer state).
+
+        Returns:
+            the parameters of `trainable_groups()` that are in the optimizer.
+
+        Example:
+            >>> from lisa.memory import minimum_optimizer_state_bytes
+            >>> from lisa_apps.models import load_model
+            >>> model, _ = load_model("tiny-llama")
+            >>> lisa = Lisa(model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=1))
+            >>> lisa.begin_step()
+            (3,)
+            >>> minimum_optimizer_state_bytes(lisa.trainable_parameters())
+            624176
+        """
+        trained = self._trained_groups(self.active_blocks)
+        return [p for group, params in self._groups.items() if group in trained for p in params]
+
+    def __repr__(self) -> str:
+        return (
+            f"Lisa(num_blocks={self.layer_map.num_blocks}, active_blocks={self.active_blocks}, "
+            f"config={self.config})"
+        )
+
+
+def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is not True:
+            continue
+        function = getattr(module, "_gradient_checkpointing_func", None)
+        keywords = getattr(function, "keywords", None) or {}
+        # torch.utils.checkpoint treats a missing use_reentrant as True.
+        if keywords.get("use_reentrant") in (None, True):
+            return True
+    return False
+
+
+def _state_nbytes(state: dict[str, Any]) -> int:
+    return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def build_sampler(config: LisaConfig, num_blocks: int) -> Sampler:
+    """The sampler ``config`` asks for on a model of ``num_blocks`` blocks, checked.
+
+    A named sampler is built with ``make_sampler(name, num_blocks, gamma=..., **options)``; an
+    instance must be built for ``num_blocks``. Either way its stated inclusion probabilities
+    must be one per block in [0, 1], summing to its gamma when it has one.
+
+    Raises:
+        ValueError: naming what is wrong and how to fix it.
+
+    Example:
+        >>> build_sampler(LisaConfig(gamma=2), 6)
+        UniformSampler(num_blocks=6, gamma=2)
+    """
+    if isinstance(config.sampler, str):
+        if config.gamma > num_blocks:
+            raise ValueError(
+                f"gamma={config.gamma} is larger than the model's {num_blocks} blocks; "
+                f"use gamma <= {num_blocks}"
+            )
+        options = dict(config.sampler_options)
+        if "gamma" not in options and _takes_gamma(sampler_factory(config.sampler)):
+            options["gamma"] = config.gamma
+        try:
+            sampler = make_sampler(config.sampler, num_blocks, **options)
+        except TypeError as error:
+            raise ValueError(
+                f"sampler={config.sampler!r} cannot be built from sampler_options "
+                f"{sorted(config.sampler_options)} ({error}); pass the keyword arguments "
+                f"it takes, e.g. make_sampler({config.sampler!r}, {num_blocks}, ...)"
+            ) from error
+        sampler_gamma = getattr(sampler, "gamma", None)
+        if sampler_gamma is not None and sampler_gamma != config.gamma:
+            raise ValueError(
+                f"gamma={config.gamma} but sampler {config.sampler!r} with these options "
+                f"draws {sampler_gamma} blocks; pass LisaConfig(gamma={sampler_gamma}, ...)"
+            )
+    else:
+        sampler = config.sampler
+        if sampler.num_blocks != num_blocks:
+            raise ValueError(
+                f"the sampler was built for num_blocks={sampler.num_blocks} but the model "
+                f"has {num_blocks} blocks; build it with make_sampler(name, {num_blocks}, ...)"
+            )
+    _check_inclusion_probabilities(sampler, num_blocks)
+    return sampler
+
+
+def _takes_gamma(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.name == "gamma" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
+def _check_inclusion_probabilities(sampler: Sampler, num_blocks: int) -> None:
+    """Refuse a sampler whose stated pi is malformed or disagrees with its gamma."""
+    name = type(sampler).__name__
+    stated = getattr(sampler, "inclusion_probabilities", None)
+    if not callable(stated):
+        raise ValueError(
+            f"{name} has no inclusion_probabilities(); a Sampler states the chance that each "
+            "block is in a draw (see lisa.samplers.Sampler)"
+        )
+    pi = np.asarray(stated(), dtype=np.float64)
+    if pi.shape != (num_blocks,):
+        raise ValueError(
+            f"{name}.inclusion_probabilities() has shape {pi.shape}; expected ({num_blocks},), "
+            "one probability per block"
+        )
+    if not np.all(np.isfinite(pi)) or pi.min() < 0 or pi.max() > 1 + SUM_TOLERANCE:
+        raise ValueError(
+            f"{name}.inclusion_probabilities() must lie in [0, 1]; got min {pi.min():.6g}, "
+            f"max {pi.max():.6g}"
+        )
+    gamma = getattr(sampler, "gamma", None)
+    if gamma is not None and abs(float(pi.sum()) - gamma) > SUM_TOLERANCE * num_blocks:
+        raise ValueError(
+            f"{name}.inclusion_probabilities() sum to {pi.sum():.8g} but its gamma is {gamma}; "
+            "a sampler that draws exactly gamma blocks has probabilities that sum to gamma"
+        )

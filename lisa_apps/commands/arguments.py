@@ -1,0 +1,163 @@
+"""Argument types and option groups shared by the commands: one check per kind of value.
+
+Every type function raises ``argparse.ArgumentTypeError`` with the accepted range, so a bad
+value is reported as ``lisa CMD: error: argument --steps: must be an integer >= 1, got 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= {minimum}, got {text!r}"
+        ) from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, batch sizes, counts)."""
+    return _integer(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (seeds, warm-up steps)."""
+    return _integer(text, 0)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0 (temperatures, floors, weight decay)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def csv_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """A comma list whose items are all among ``choices`` (no empty list, no repeats)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not items:
+            raise argparse.ArgumentTypeError(f"give a comma list of {', '.join(choices)}")
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(unknown)} not among {', '.join(choices)}"
+            )
+        if len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"{text!r} repeats an item")
+        return items
+
+    return parse
+
+
+def add_output(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--out (a folder this run owns) and --overwrite."""
+    parser.add_argument(
+        "--out",
+        default=default,
+        required=default is None,
+        help=f"output folder for {what}"
+        + (f" (default {default})" if default else "")
+        + "; must be new or empty, or an earlier run's folder with --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out (other files are never touched)",
+    )
+
+
+def add_runtime(parser: argparse.ArgumentParser, *, auto_precision: bool) -> None:
+    """--device, --precision, --gradient-checkpointing and --threads."""
+    from diagnostics.runtime import PRECISIONS
+
+    group = parser.add_argument_group("where and how it computes")
+    group.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when present, else cpu)",
+    )
+    precisions = ("auto", *PRECISIONS) if auto_precision else PRECISIONS
+    group.add_argument(
+        "--precision",
+        choices=precisions,
+        default=precisions[0],
+        help="float32; bf16-mixed (bfloat16 autocast over float32 weights); bf16 (bfloat16 "
+        "weights, grads and state)"
+        + ("; auto = bf16-mixed on a CUDA device with bfloat16, else float32" if auto_precision else "")
+        + f" (default {precisions[0]})",
+    )
+    group.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, ~30%% more time",
+    )
+    group.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
+    )
+
+
+def apply_runtime(args: argparse.Namespace):
+    """Check --device (and --precision against it), set --threads; returns the torch.device."""
+    import torch
+
+    from diagnostics.runtime import check_precision, resolve_device
+
+    device = resolve_device(args.device)
+    if getattr(args, "precision", "auto") != "auto":
+        check_precision(args.precision, device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return device
+
+
+def check_gamma(gamma: int, num_blocks: int, model: str, flag: str = "--gamma") -> None:
+    """Refuse more blocks per period than the model has."""
+    if gamma > num_blocks:
+        raise ValueError(
+            f"{flag} {gamma} is more than the {num_blocks} blocks of {model}; use {flag} "
+            f"1..{num_blocks}"
+        )
+
+
+def load_data(spec: str, *, split: str, num_examples: int | None, seed: int) -> list[dict]:
+    """Examples for --data: 'math' or a .jsonl file (errors name the file and line)."""
+    from lisa_apps.data import load_examples
+
+    try:
+        return load_examples(spec, split=split, num_examples=num_examples, seed=seed)
+    except FileNotFoundError as error:
+        raise ValueError(f"--data {spec}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ValueError(f"--data {spec}: {error}") from None

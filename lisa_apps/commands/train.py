@@ -1,0 +1,325 @@
+"""`lisa train`: fine-tune with LISA, LoRA or full FT on one budget and report before/after scores."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from lisa_apps.commands.arguments import (
+    add_output,
+    add_runtime,
+    apply_runtime,
+    check_gamma,
+    load_data,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
+DEFAULT_STEPS = 60
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_MAX_LENGTH = 256
+DEFAULT_EVAL_EXAMPLES = 32
+DEFAULT_TRAIN_EXAMPLES = 1000
+
+
+def gamma_type(text: str) -> int:
+    """--gamma: at least one block (0 would train only the embedding and head)."""
+    value = nonnegative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            "must be >= 1: gamma 0 trains no block at all, only the embedding and head (for "
+            "that ablation use the library: LisaConfig(gamma=0))"
+        )
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of `lisa train`."""
+    from lisa.config import STATE_POLICIES
+    from lisa.defaults import (
+        DEFAULT_GAMMA,
+        DEFAULT_INTERVAL,
+        DEFAULT_LEARNING_RATES,
+        DEFAULT_LORA_RANK,
+    )
+    from lisa_apps.models import DEFAULT_MODEL
+    from lisa_apps.training import METHODS
+
+    rates = ", ".join(f"{method} {rate:g}" for method, rate in DEFAULT_LEARNING_RATES.items())
+    parser.add_argument(
+        "--method", choices=METHODS, default="lisa", help="what trains (default lisa)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="smollm2-135m, tiny-llama, tiny-gpt2, tiny-qwen2 or a local folder (default: the "
+        f"model --policy was derived on, else {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--data",
+        default="math",
+        help="'math' (generated word problems) or a .jsonl file (10%% held out by content hash)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=DEFAULT_STEPS,
+        help=f"optimizer steps (default {DEFAULT_STEPS})",
+    )
+    add_output(parser, None, "metrics, history, plot and the trained model")
+    lisa = parser.add_argument_group("LISA")
+    lisa.add_argument(
+        "--policy", default=None, help="policy.json from `lisa diagnose` (weighted sampler)"
+    )
+    lisa.add_argument(
+        "--gamma",
+        type=gamma_type,
+        default=None,
+        help=f"blocks per period (default {DEFAULT_GAMMA}, or the policy's)",
+    )
+    lisa.add_argument(
+        "--interval",
+        type=positive_int,
+        default=DEFAULT_INTERVAL,
+        help=f"steps per period K (default {DEFAULT_INTERVAL})",
+    )
+    lisa.add_argument(
+        "--sampler", default="uniform", help="registered sampler name (default uniform)"
+    )
+    lisa.add_argument(
+        "--state-policy",
+        choices=STATE_POLICIES,
+        default="drop",
+        help="optimizer state of blocks that leave the active set (default drop)",
+    )
+    lisa.add_argument(
+        "--freeze-embeddings", action="store_true", help="do not train the embedding (E)"
+    )
+    lisa.add_argument("--freeze-head", action="store_true", help="do not train the head (H)")
+    training = parser.add_argument_group("training")
+    training.add_argument(
+        "--lr", type=positive_float, default=None, help=f"learning rate (defaults: {rates})"
+    )
+    training.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
+    training.add_argument(
+        "--max-length", type=positive_int, default=DEFAULT_MAX_LENGTH, help="tokens per example"
+    )
+    training.add_argument(
+        "--lora-rank",
+        type=positive_int,
+        default=DEFAULT_LORA_RANK,
+        help=f"LoRA rank, alpha = 2 * rank (default {DEFAULT_LORA_RANK})",
+    )
+    training.add_argument(
+        "--train-examples",
+        type=positive_int,
+        default=None,
+        help=f"training examples (default {DEFAULT_TRAIN_EXAMPLES} generated, or the whole file)",
+    )
+    training.add_argument(
+        "--eval-examples",
+        type=positive_int,
+        default=DEFAULT_EVAL_EXAMPLES,
+        help=f"held-out examples scored (default {DEFAULT_EVAL_EXAMPLES})",
+    )
+    training.add_argument(
+        "--max-new-tokens", type=positive_int, default=96, help="generation budget per answer"
+    )
+    training.add_argument("--seed", type=nonnegative_int, default=0)
+    training.add_argument(
+        "--no-accuracy",
+        action="store_true",
+        help="held-out loss only: skip generation and accuracy",
+    )
+    training.add_argument(
+        "--skip-before", action="store_true", help="do not score the model before training"
+    )
+    training.add_argument(
+        "--no-save-model",
+        action="store_true",
+        help="do not save the trained model (LoRA: adapters) in --out/model",
+    )
+    training.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_runtime(parser, auto_precision=True)
+
+
+def _lisa_config(args, info, policy):
+    """The LisaConfig the flags ask for, checked against the model's blocks."""
+    from lisa.config import LisaConfig
+    from lisa.defaults import DEFAULT_GAMMA
+    from lisa.engine import build_sampler
+
+    frozen = {"train_embeddings": not args.freeze_embeddings, "train_head": not args.freeze_head}
+    if policy is not None:
+        if args.gamma is not None and args.gamma != policy.gamma:
+            raise ValueError(
+                f"--gamma {args.gamma} disagrees with the policy's gamma {policy.gamma}; drop "
+                "--gamma or derive a policy with that gamma"
+            )
+        if args.sampler != "uniform":
+            raise ValueError("--sampler and --policy both choose the sampler; pass one of them")
+        config = policy.to_lisa_config(
+            interval=args.interval, seed=args.seed, state_policy=args.state_policy
+        )
+        if args.freeze_embeddings or args.freeze_head:
+            from dataclasses import replace
+
+            config = replace(
+                config,
+                train_embeddings=config.train_embeddings and frozen["train_embeddings"],
+                train_head=config.train_head and frozen["train_head"],
+            )
+        return config
+    gamma = DEFAULT_GAMMA if args.gamma is None else args.gamma
+    check_gamma(gamma, info.num_blocks, info.name)
+    try:
+        config = LisaConfig(
+            gamma=gamma,
+            interval=args.interval,
+            sampler=args.sampler,
+            seed=args.seed,
+            state_policy=args.state_policy,
+            **frozen,
+        )
+        build_sampler(config, info.num_blocks)  # the sampler the run will build
+    except ValueError as error:
+        raise ValueError(f"--sampler {args.sampler}: {error}") from None
+    return config
+
+
+def prepare(args: argparse.Namespace) -> Callable[[], int]:
+    """Check every input without loading weights; return the training run."""
+    from diagnostics.policy import SamplingPolicy
+    from lisa.signature import layer_signature, signature_difference
+    from lisa_apps.models import DEFAULT_MODEL, inspect_model
+    from lisa_apps.outputs import RunFolder
+    from lisa_apps.training import FinetuneConfig, resolve_precision
+
+    device = apply_runtime(args)
+    policy = None
+    if args.policy is not None:
+        if args.method != "lisa":
+            raise ValueError(f"--policy applies to --method lisa only, not {args.method}")
+        from pathlib import Path
+
+        if not Path(args.policy).is_file():
+            raise FileNotFoundError(f"--policy {args.policy} does not exist")
+        policy = SamplingPolicy.from_json(args.policy)
+    elif args.method != "lisa":
+        lisa_flags = [
+            flag
+            for flag, given in (
+                ("--gamma", args.gamma is not None),
+                ("--sampler", args.sampler != "uniform"),
+                ("--freeze-embeddings", args.freeze_embeddings),
+                ("--freeze-head", args.freeze_head),
+            )
+            if given
+        ]
+        if lisa_flags:
+            raise ValueError(f"{', '.join(lisa_flags)} apply to --method lisa only")
+    model_name = args.model or (policy.provenance.get("model") if policy else None) or DEFAULT_MODEL
+    args.model = model_name
+    info = inspect_model(model_name)
+    if policy is not None:
+        if policy.num_blocks != info.num_blocks:
+            raise ValueError(
+                f"--policy {args.policy} is for {policy.num_blocks} blocks but {model_name} has "
+                f"{info.num_blocks}; derive a policy on this model with lisa diagnose --model "
+                f"{model_name}"
+            )
+        if policy.signature is not None:
+            difference = signature_difference(
+                layer_signature(policy.signature), info.layer_signature
+            )
+            if difference is not None:
+                raise ValueError(
+                    f"--policy {args.policy} was derived on another model than {model_name} "
+                    f"({difference}); derive one on this model with lisa diagnose"
+                )
+    lisa_config = _lisa_config(args, info, policy) if args.method == "lisa" else None
+    config = FinetuneConfig(
+        method=args.method,
+        steps=args.steps,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        lora_rank=args.lora_rank,
+        lisa=lisa_config,
+        max_new_tokens=args.max_new_tokens,
+        score_accuracy=not args.no_accuracy,
+        device=str(device),
+        precision=resolve_precision(args.precision, device),
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    train_count = args.train_examples
+    if train_count is None and args.data == "math":
+        train_count = DEFAULT_TRAIN_EXAMPLES
+    train_examples = load_data(args.data, split="train", num_examples=train_count, seed=args.seed)
+    eval_examples = load_data(
+        args.data, split="test", num_examples=args.eval_examples, seed=args.seed
+    )
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    folder = RunFolder(
+        args.out, command="lisa train", arguments=arguments, overwrite=args.overwrite
+    ).check()
+
+    def work() -> int:
+        from lisa_apps.models import load_model
+        from lisa_apps.training import finetune
+
+        started = time.perf_counter()
+        print(
+            f"lisa train: {args.method} on {model_name}, {len(train_examples)} train / "
+            f"{len(eval_examples)} held-out examples from {args.data!r}, {args.steps} steps, "
+            f"lr {config.resolved_learning_rate:g}, batch {args.batch_size}, "
+            f"{config.device} ({config.precision})"
+        )
+        with folder:
+            model, tokenizer = load_model(model_name, seed=args.seed)
+            result = finetune(
+                model,
+                tokenizer,
+                train_examples,
+                eval_examples,
+                config,
+                out_dir=folder,
+                save_model=not args.no_save_model,
+                progress=not args.no_progress,
+                evaluate_before=not args.skip_before,
+            )
+        print(format_summary(result.metrics))
+        print(
+            f"wrote {', '.join(folder.written)} to {args.out} in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        return 0
+
+    return work
+
+
+def format_summary(metrics: dict) -> str:
+    """A small before/after table of held-out loss and accuracy, plus timing and memory."""
+
+    def cell(stage: str, key: str, pattern: str) -> str:
+        value = metrics.get(stage, {}).get(key)
+        return "-" if value is None else format(value, pattern)
+
+    lines = [
+        f"{'':8}{'held-out loss':>15}{'accuracy':>10}",
+        *(
+            f"{stage:8}{cell(stage, 'eval_loss', '.4f'):>15}{cell(stage, 'accuracy', '.3f'):>10}"
+            for stage in ("before", "after")
+        ),
+        f"training loss {metrics['train_loss_first']:.4f} -> {metrics['train_loss_last']:.4f}; "
+        f"{metrics['seconds_per_step']:.2f} s/step; {metrics['trainable_parameters']:,} "
+        "trainable parameters",
+        f"optimizer state {metrics['optimizer_state_bytes'] / 2**20:,.1f} MiB; peak memory "
+        f"{metrics['peak_memory_bytes'] / 2**20:,.0f} MiB ({metrics['peak_memory_measure']})",
+    ]
+    if metrics.get("method") == "lisa":
+        lines.append(f"LISA: {metrics['num_switches']} draws over {metrics['num_blocks']} blocks")
+    return "\n".join(lines)

@@ -1,0 +1,314 @@
+"""Fine-tune one method (LISA, LoRA or full FT) through transformers.Trainer and score it.
+
+:func:`finetune` is the runner behind ``lisa train``, ``lisa demo``, ``lisa study`` and the
+examples. It evaluates held-out loss (token-weighted mean over response tokens) and exact-match
+answer accuracy (greedy generation, final number parsed with
+:func:`lisa_apps.data.extract_answer`) before and after training, and, given an output folder,
+writes ``metrics.json``, ``log_history.csv``, ``predictions_{before,after}.csv``,
+``active_sets.json`` (LISA), ``loss_curve.png`` and, when asked, the trained ``model/``.
+
+The three methods share everything but what trains, so runs on the same examples, seed and
+step budget compare: LISA trains the embedding, head and ``gamma`` sampled blocks (switching
+every ``interval`` steps, through :class:`lisa.callback.LisaCallback`); LoRA adds rank-``r``
+adapters to every linear layer of the blocks (:func:`diagnostics.lora.wrap_lora`); FT trains
+every parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from diagnostics.files import library_versions
+from diagnostics.lora import wrap_lora
+from diagnostics.runtime import PeakMemory, check_precision, prepare_model, resolve_device
+from lisa.memory import optimizer_state_bytes
+from lisa_apps.data import DataCollator, tokenize_examples
+from lisa_apps.outputs import RunFolder
+from lisa_apps.training.config import FinetuneConfig
+from lisa_apps.training.evaluation import evaluate
+from lisa_apps.training.results import trainable_parameters, write_run
+
+__all__ = ["FinetuneResult", "finetune", "resolve_precision"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    Attributes:
+        model: the trained model (a peft ``PeftModel`` for LoRA).
+        metrics: the ``metrics.json`` content: settings, before/after loss and accuracy, timing,
+            peak memory and optimizer-state bytes.
+        log_history: the Trainer's log history, one row per log (``step``, ``loss``, ...).
+        active_history: LISA's ``(step, active_blocks)`` draws; empty for LoRA and FT.
+        predictions: ``{"before": DataFrame, "after": DataFrame}`` of generated answers.
+        out_dir: where files were written, or ``None``.
+        files: the names written into ``out_dir`` by this run.
+    """
+
+    model: Any
+    metrics: dict[str, Any]
+    log_history: pd.DataFrame
+    active_history: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    out_dir: Path | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16-mixed on a CUDA device with bfloat16, else float32; others checked.
+
+    Example:
+        >>> resolve_precision("auto", torch.device("cpu"))
+        'float32'
+    """
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if cuda_bf16 else "float32"
+    return check_precision(precision, device)
+
+
+def finetune(
+    model,
+    tokenizer,
+    train_examples: Sequence[dict],
+    eval_examples: Sequence[dict],
+    config: FinetuneConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | RunFolder | None = None,
+    overwrite: bool = False,
+    save_model: bool = False,
+    progress: bool = True,
+    evaluate_before: bool = True,
+) -> FinetuneResult:
+    """Train one method on ``train_examples`` and score held-out loss and accuracy around it.
+
+    The model is trained in place (LoRA wraps it with peft first). Evaluation: token-weighted
+    mean cross-entropy over the response tokens of ``eval_examples``, and the fraction of those
+    with an ``"answer"`` whose greedy generation parses to the same number. Each file is
+    written as soon as what it holds exists: the trained model right after training, before
+    the final evaluation, so an interruption there keeps it.
+
+    Args:
+        model: a causal LM (e.g. from :func:`lisa_apps.models.load_model`).
+        tokenizer: its tokenizer, with a chat template and a pad token.
+        train_examples: examples (``instruction``, ``input``, ``output``), e.g. from
+            :func:`lisa_apps.data.load_examples`.
+        eval_examples: held-out examples; those with an ``answer`` count for accuracy.
+        config: the run settings; defaults to ``FinetuneConfig()`` (LISA, 60 steps).
+        out_dir: folder for the run's files (see :class:`lisa_apps.outputs.RunFolder`: an
+            earlier run's folder is refused unless ``overwrite``); ``None`` writes nothing.
+        overwrite: replace an earlier run's results in ``out_dir``.
+        save_model: also save the trained model (LoRA: its adapters) and tokenizer in
+            ``out_dir/model``.
+        progress: show tqdm progress bars (the Trainer's, and one for generation).
+        evaluate_before: also score the model before training (skip to save time).
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Example:
+        >>> from lisa_apps.models import load_model
+        >>> from lisa_apps.data import make_math_problems
+        >>> model, tokenizer = load_model("tiny-llama")
+        >>> result = finetune(model, tokenizer, make_math_problems(8), make_math_problems(2, split="test"),
+        ...                   FinetuneConfig(method="lisa", steps=2, max_length=384), progress=False)
+        >>> sorted(result.metrics["after"])
+        ['accuracy', 'eval_loss', 'num_scored']
+    """
+    from transformers import Trainer, TrainingArguments
+
+    config = config or FinetuneConfig()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise ValueError(
+            f"device={config.device!r}: the Trainer uses the first visible CUDA device; select "
+            "another with CUDA_VISIBLE_DEVICES"
+        )
+    precision = resolve_precision(config.precision, device)
+    folder = _run_folder(out_dir, overwrite, config)
+    train_features = tokenize_examples(train_examples, tokenizer, max_length=config.max_length)
+    eval_features = tokenize_examples(eval_examples, tokenizer, max_length=config.max_length)
+    if not train_features:
+        raise ValueError("no training examples; pass at least one")
+    prepare_model(
+        model,
+        device=device,
+        precision=precision,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+
+    predictions: dict[str, pd.DataFrame] = {}
+    metrics: dict[str, Any] = {
+        "method": config.method,
+        "model": _model_name(model),
+        "settings": config.to_dict() | {"device": str(device), "precision": precision},
+        "num_train_examples": len(train_features),
+        "num_eval_examples": len(eval_examples),
+        "device": str(device),
+        "precision": precision,
+    }
+    if folder is not None and folder.status == "new":
+        folder.open()
+    try:
+        if evaluate_before:
+            metrics["before"], predictions["before"] = evaluate(
+                model, tokenizer, eval_examples, eval_features, config, progress=progress,
+                label="before",
+            )  # fmt: skip
+
+        model, callbacks = _prepare_method(model, config)
+        metrics["trainable_parameters"] = trainable_parameters(model, config)
+
+        with tempfile.TemporaryDirectory(prefix="lisa-trainer-") as scratch:
+            args = TrainingArguments(
+                output_dir=scratch,  # nothing is saved there (save_strategy="no")
+                max_steps=config.steps,
+                per_device_train_batch_size=config.batch_size,
+                learning_rate=config.resolved_learning_rate,
+                lr_scheduler_type=config.lr_scheduler,
+                warmup_steps=config.warmup_steps,
+                weight_decay=config.weight_decay,
+                optim="adamw_torch",
+                logging_steps=1,
+                save_strategy="no",
+                report_to=[],
+                use_cpu=device.type == "cpu",
+                bf16=precision == "bf16-mixed",
+                gradient_checkpointing=config.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+                seed=config.seed,
+                data_seed=config.seed,
+                disable_tqdm=not progress,
+                remove_unused_columns=False,
+                dataloader_num_workers=0,
+            )
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=train_features,
+                data_collator=DataCollator(tokenizer),
+                callbacks=callbacks,
+            )
+            _replace_progress_reporting(trainer, progress)
+            with PeakMemory(device) as peak:
+                start = time.perf_counter()
+                train_output = trainer.train()
+                elapsed = time.perf_counter() - start
+        log_history = pd.DataFrame(trainer.state.log_history)
+        model.eval()
+
+        losses = log_history["loss"].dropna() if "loss" in log_history else pd.Series(dtype=float)
+        metrics.update(
+            {
+                "train_loss_mean": float(train_output.training_loss),
+                "train_loss_first": float(losses.iloc[0]) if len(losses) else None,
+                "train_loss_last": float(losses.iloc[-1]) if len(losses) else None,
+                "train_runtime_s": round(elapsed, 3),
+                "seconds_per_step": round(elapsed / config.steps, 4),
+                # Measured on the optimizer the Trainer built, after the last step.
+                "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+                "peak_memory_bytes": peak.peak_bytes,
+                "peak_memory_measure": peak.measure,
+                "versions": library_versions(),
+            }
+        )
+        active_history: list[tuple[int, tuple[int, ...]]] = []
+        if config.method == "lisa":
+            lisa = callbacks[0].lisa
+            active_history = [
+                (int(step), tuple(int(b) for b in blocks)) for step, blocks in lisa.history
+            ]
+            metrics["num_blocks"] = lisa.layer_map.num_blocks
+            metrics["num_switches"] = len(active_history)
+        if folder is not None and save_model:
+            target = folder.file("model")
+            model.save_pretrained(target, safe_serialization=True)
+            tokenizer.save_pretrained(target)
+        metrics["after"], predictions["after"] = evaluate(
+            model, tokenizer, eval_examples, eval_features, config, progress=progress,
+            label="after",
+        )  # fmt: skip
+        result = FinetuneResult(model, metrics, log_history, active_history, predictions)
+        if folder is not None:
+            write_run(result, folder)
+            result.out_dir, result.files = folder.path, list(folder.written)
+    except KeyboardInterrupt:
+        if folder is not None and out_dir is not folder:
+            folder.close("interrupted")
+        raise
+    except BaseException:
+        if folder is not None and out_dir is not folder:
+            folder.close("failed")
+        raise
+    if folder is not None and out_dir is not folder:
+        folder.close("finished")
+    return result
+
+
+def _run_folder(out_dir, overwrite: bool, config: FinetuneConfig) -> RunFolder | None:
+    if out_dir is None or isinstance(out_dir, RunFolder):
+        return out_dir
+    return RunFolder(
+        out_dir, command="lisa_apps.training.finetune", arguments=config.to_dict(),
+        overwrite=overwrite,
+    ).check()  # fmt: skip
+
+
+def _replace_progress_reporting(trainer, progress: bool) -> None:
+    """One tqdm bar with the latest loss in its postfix, instead of a printed dict per step."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class LossProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(LossProgressCallback())
+
+
+def _prepare_method(model, config: FinetuneConfig):
+    """Set what trains and return (model, callbacks); LoRA wraps the model with peft."""
+    if config.method == "lora":
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        wrapped = wrap_lora(
+            model,
+            rank=config.lora_rank,
+            alpha=config.resolved_lora_alpha,
+            dropout=config.lora_dropout,
+            seed=config.seed,
+        )
+        if config.gradient_checkpointing:
+            # The frozen embedding's output needs grad for checkpointed blocks to backpropagate.
+            wrapped.enable_input_require_grads()
+        return wrapped, []
+    for parameter in model.parameters():
+        # LISA too: the Trainer's optimizer must hold every parameter before the first freeze.
+        parameter.requires_grad_(True)
+    if config.method == "lisa":
+        from lisa.callback import LisaCallback  # the Trainer machinery, only when used
+
+        return model, [LisaCallback(config.resolved_lisa)]
+    return model, []
+
+
+def _model_name(model) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "name_or_path", "") or ""
+    return name or type(model).__name__
