@@ -82,11 +82,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _kept() -> str:
-    from lisa_apps.outputs import open_runs
+    from lisa_apps.outputs import interrupted_runs
 
     parts = []
-    for folder in open_runs():
-        folder.close("interrupted")
+    for folder in interrupted_runs():
         kept = folder.kept()
         names = ", ".join(p.name for p in kept) if kept else "nothing yet"
         parts.append(f"kept in {folder.path}: {names}")

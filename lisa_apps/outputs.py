@@ -21,21 +21,30 @@ from typing import Any
 
 from diagnostics.files import atomic_write_bytes, atomic_write_text, library_versions
 
-__all__ = ["MANIFEST", "OutputError", "RunFolder", "check_output_file", "open_runs"]
+__all__ = ["MANIFEST", "OutputError", "RunFolder", "check_output_file", "interrupted_runs"]
 
 MANIFEST = "lisa-run.json"
 
-# The folders opened by this process and not yet closed: what an interrupted command kept.
+# The folders opened by this process and not yet closed, and those closed by an interruption:
+# what an interrupted command kept.
 _OPEN: list[RunFolder] = []
+_INTERRUPTED: list[RunFolder] = []
 
 
 class OutputError(ValueError):
     """An output path that cannot be used; the message names it and the fix."""
 
 
-def open_runs() -> list[RunFolder]:
-    """The RunFolders of this process that are open (the CLI reports them on Ctrl-C)."""
-    return list(_OPEN)
+def interrupted_runs() -> list[RunFolder]:
+    """Close every open RunFolder as interrupted; return them and those an interruption closed.
+
+    The CLI calls this on Ctrl-C to say what the run kept; the list is then emptied.
+    """
+    for folder in list(_OPEN):
+        folder.close("interrupted")
+    found = list(_INTERRUPTED)
+    _INTERRUPTED.clear()
+    return found
 
 
 def _writable_ancestor(path: Path, label: str) -> Path:
@@ -223,6 +232,8 @@ class RunFolder:
             self._write_manifest()
             if self in _OPEN:
                 _OPEN.remove(self)
+            if status == "interrupted":
+                _INTERRUPTED.append(self)
 
     def __enter__(self) -> RunFolder:
         return self if self.status == "running" else self.open()

@@ -1,4 +1,5 @@
-"""Tests for lisa/switching.py: LisaConfig validation and the Lisa engine in a plain loop."""
+"""Tests for lisa/engine.py and lisa/config.py: LisaConfig validation and serialisation, and the
+Lisa engine in a plain loop."""
 
 from __future__ import annotations
 
@@ -438,3 +439,114 @@ def test_explicit_layer_map_is_used(tiny_llama):
         model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=1), layer_map=layer_map
     )
     assert lisa.layer_map is layer_map
+
+
+# --- what the engine used to accept silently ------------------------------------------------
+
+
+class ListSampler:
+    """A user's sampler that returns whatever it was given (to test what the engine refuses)."""
+
+    def __init__(self, num_blocks, gamma, draw, pi=None):
+        self.num_blocks, self.gamma, self.draw = num_blocks, gamma, draw
+        self.pi = [gamma / num_blocks] * num_blocks if pi is None else pi
+
+    def sample(self, rng):
+        return self.draw
+
+    def inclusion_probabilities(self):
+        return self.pi
+
+
+def test_a_draw_with_a_repeated_block_is_refused_not_trained_short(tiny_llama):
+    model = tiny_llama(num_blocks=4)
+    config = LisaConfig(gamma=2, sampler=ListSampler(4, 2, (1, 1)))
+    lisa = Lisa(model, torch.optim.AdamW(model.parameters()), config)
+    with pytest.raises(ValueError, match=r"repeats a block"):
+        lisa.begin_step()
+
+
+def test_a_draw_of_the_wrong_size_is_refused(tiny_llama):
+    model = tiny_llama(num_blocks=4)
+    config = LisaConfig(gamma=2, sampler=ListSampler(4, 2, (3,)))
+    lisa = Lisa(model, torch.optim.AdamW(model.parameters()), config)
+    with pytest.raises(ValueError, match="returned 1 blocks .* gamma is 2"):
+        lisa.begin_step()
+
+
+@pytest.mark.parametrize(
+    ("pi", "message"),
+    [
+        ([0.25, 0.25, 0.25, 0.25], "sum to 1 but its gamma is 2"),
+        ([0.5, 0.5, 0.5], r"shape \(3,\)"),
+        ([1.5, 0.5, 0.0, 0.0], r"must lie in \[0, 1\]"),
+    ],
+)
+def test_a_sampler_whose_probabilities_disagree_with_its_gamma_is_refused(tiny_llama, pi, message):
+    model = tiny_llama(num_blocks=4)
+    config = LisaConfig(gamma=2, sampler=ListSampler(4, 2, (0, 1), pi=pi))
+    with pytest.raises(ValueError, match=message):
+        Lisa(model, torch.optim.AdamW(model.parameters()), config)
+
+
+def test_a_policy_from_another_model_is_refused_at_the_point_of_use(tiny_llama):
+    from diagnostics.policy import SamplingPolicy
+    from lisa.signature import layer_signature
+
+    wide = tiny_llama(num_blocks=4, hidden=64)
+    narrow = tiny_llama(num_blocks=4, hidden=32)
+    policy = SamplingPolicy(
+        torch.full((4,), 0.5).numpy(), 2, tuple(f"block.{i}" for i in range(4)),
+        signature=layer_signature(wide),
+    )  # fmt: skip
+    config = policy.to_lisa_config(interval=2)
+    Lisa(wide, torch.optim.AdamW(wide.parameters()), config)  # its own model: fine
+    with pytest.raises(ValueError, match="made for another model .*block 0 parameter"):
+        Lisa(narrow, torch.optim.AdamW(narrow.parameters()), config)
+
+
+def test_gamma_zero_says_that_no_block_trains(tiny_llama, caplog):
+    model = tiny_llama(num_blocks=4)
+    with caplog.at_level("WARNING", logger="lisa.engine"):
+        lisa = Lisa(model, torch.optim.AdamW(model.parameters()), LisaConfig(gamma=0))
+    assert "gamma=0: no block trains, only embed, head, extras" in caplog.text
+    assert lisa.begin_step() == ()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        make_sampler("uniform", 4, gamma=2),
+        make_sampler("weighted", 4, inclusion_probabilities=[1.0, 0.5, 0.5, 0.0]),
+        make_sampler("fixed", 4, blocks=(0, 3)),
+        make_sampler("cyclic", 4, gamma=2, order="descending"),
+    ],
+    ids=lambda s: type(s).__name__,
+)
+def test_config_round_trips_through_json_whatever_the_sampler(tiny_llama, sampler):
+    config = LisaConfig(gamma=2, interval=3, seed=7, sampler=sampler)
+    restored = LisaConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored.sampler == type(sampler).__name__.removesuffix("Sampler").lower()
+    model = tiny_llama(num_blocks=4)
+    draws = []
+    for chosen in (config, restored):
+        lisa = Lisa(model, torch.optim.AdamW(model.parameters()), chosen)
+        draws.append([lisa.begin_step(step) for step in range(0, 12, 3)])
+    assert draws[0] == draws[1]  # the restored config trains the same blocks
+
+
+def test_config_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown LisaConfig fields \['gama'\]"):
+        LisaConfig.from_dict({"gama": 2})
+
+
+def test_sampler_options_of_a_named_sampler_are_used_and_checked(tiny_llama):
+    model = tiny_llama(num_blocks=4)
+    config = LisaConfig(gamma=2, sampler="fixed", sampler_options={"blocks": [1, 2]})
+    lisa = Lisa(model, torch.optim.AdamW(model.parameters()), config)
+    assert lisa.begin_step() == (1, 2)
+    wrong = LisaConfig(gamma=1, sampler="fixed", sampler_options={"blocks": [1, 2]})
+    with pytest.raises(ValueError, match="draws 2 blocks"):
+        Lisa(model, torch.optim.AdamW(model.parameters()), wrong)
+    with pytest.raises(ValueError, match="JSON cannot store"):
+        LisaConfig(sampler="fixed", sampler_options={"blocks": object()})
