@@ -2,7 +2,7 @@
 
 Each method starts from a fresh copy of the same model (same seed), trains for the same number of
 optimizer steps on the same generated maths problems, in the same order, through the runner
-behind `lisa train` (`diagnostics.training.finetune`, a transformers Trainer), and is scored on
+behind `lisa train` (`lisa_apps.training.finetune`, a transformers Trainer), and is scored on
 the same held-out problems: token-level loss on the worked solutions and exact-match accuracy of
 the final answer from greedy generation. Each method uses the library's default learning rate
 for it (LISA and LoRA move fewer weights per step and want a larger rate than FT). The table adds

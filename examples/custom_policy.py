@@ -21,7 +21,7 @@ differ), and used for a short LISA run through the `weighted` sampler. `lisa tra
     python examples/custom_policy.py --model tiny-llama --steps 2 --out /tmp/policy  # seconds
 
 Without --norms it first runs short LoRA and FT probes (--probe-steps) with
-`diagnostics.pipeline`, recording "weight" and "delta" norms (its files go to <out>/probes).
+`lisa_apps.pipeline`, recording "weight" and "delta" norms (its files go to <out>/probes).
 --kind picks which the scores use: "weight" is the paper's formula; "delta" (how far each layer
 moved) separates the blocks more after a short probe. Writes into --out: policy_paper.json,
 policy_tuned.json, policy_edited.json, policy.json (the one trained with), policy.png, the run's

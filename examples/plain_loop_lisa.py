@@ -1,7 +1,7 @@
 """LISA in a plain PyTorch loop: one `lisa.begin_step()` call per step, and the memory it saves.
 
 The whole pattern is: build the optimizer over ALL parameters (before anything is frozen), wrap
-model and optimizer in `lisa.switching.Lisa`, and call `lisa.begin_step()` at the start of every
+model and optimizer in `lisa.Lisa`, and call `lisa.begin_step()` at the start of every
 optimizer step, before the forward pass. At step 0 and every `interval` steps after, the engine
 draws gamma blocks, freezes every other block, and (state_policy "drop", the default) frees the
 gradients and AdamW moments of the blocks that left. The embedding, head and extras (final norm)

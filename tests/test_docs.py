@@ -82,6 +82,8 @@ def lisa_command_lines(page: Path) -> list[tuple[list[str], int]]:
         for offset, command in enumerate(joined.splitlines()):
             command = command.split(" #", 1)[0].strip()
             for part in re.split(r"\s*(?:&&|;)\s*", command):
+                if "$" in part:  # shell variables: the values are the loop's, not the page's
+                    continue
                 words = shlex.split(part) if part else []
                 if words and words[0] == "lisa":
                     found.append((words[1:], line + offset + 1))
@@ -169,3 +171,32 @@ def test_bench_is_importable_without_path_edits():
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_training_defaults_page_matches_the_code():
+    from lisa.defaults import DEFAULT_LEARNING_RATES, default_lora_alpha
+    from lisa_apps.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__.endswith("SubParsersAction"))
+    module = importlib.import_module("lisa_apps.commands.train")
+    module.configure(subparsers.choices["train"])
+    defaults = parser.parse_args(["train", "--out", "x"])
+    rows = {}
+    for line in (ROOT / "docs" / "training-defaults.md").read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+        if line.startswith("| `--") and len(cells) >= 2:
+            rows[cells[0]] = cells[1]
+    for flag in ("steps", "batch-size", "max-length", "eval-examples", "max-new-tokens", "seed"):
+        assert rows[f"--{flag}"] == str(getattr(defaults, flag.replace("-", "_"))), flag
+    assert rows["--gamma`, `--interval"] == "2, 5"
+    from lisa.defaults import DEFAULT_GAMMA, DEFAULT_INTERVAL, DEFAULT_LORA_RANK
+
+    assert (DEFAULT_GAMMA, DEFAULT_INTERVAL) == (2, 5)
+    assert rows["--lora-rank"] == f"{DEFAULT_LORA_RANK}, alpha {default_lora_alpha(DEFAULT_LORA_RANK):g}"
+    documented = dict(part.split() for part in rows["--lr"].split(", "))
+    assert {name: float(rate) for name, rate in documented.items()} == {
+        "LISA": DEFAULT_LEARNING_RATES["lisa"], "LoRA": DEFAULT_LEARNING_RATES["lora"],
+        "FT": DEFAULT_LEARNING_RATES["ft"],
+    }  # fmt: skip
+    assert rows["--precision"] == defaults.precision

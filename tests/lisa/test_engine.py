@@ -108,7 +108,7 @@ def test_unresolvable_blocks_path_fails(tiny_llama):
 
 
 def test_freezing_before_the_optimizer_is_refused(tiny_llama):
-    """DESIGN rule 1: blocks frozen before the optimizer was built could never train."""
+    """Rule 1 (docs/design.md section 3): blocks frozen before the optimizer could never train."""
     model = tiny_llama()
     for p in model.model.layers[1:].parameters():
         p.requires_grad_(False)
