@@ -60,7 +60,7 @@ def test_a_second_run_is_refused_without_overwrite_and_replaces_only_its_files_w
 
 def test_a_folder_with_files_but_no_manifest_is_never_overwritten(tmp_path):
     (tmp_path / "mine.txt").write_text("mine")
-    with pytest.raises(OutputError, match="holds no lisa-run.json"):
+    with pytest.raises(OutputError, match=r"holds no lisa-run\.json"):
         RunFolder(tmp_path, command="test", overwrite=True).check()
     assert (tmp_path / "mine.txt").read_text() == "mine"
 
