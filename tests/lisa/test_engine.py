@@ -470,7 +470,7 @@ def test_a_draw_of_the_wrong_size_is_refused(tiny_llama):
     model = tiny_llama(num_blocks=4)
     config = LisaConfig(gamma=2, sampler=ListSampler(4, 2, (3,)))
     lisa = Lisa(model, torch.optim.AdamW(model.parameters()), config)
-    with pytest.raises(ValueError, match="returned 1 blocks .* gamma is 2"):
+    with pytest.raises(ValueError, match=r"returned 1 blocks .* gamma is 2"):
         lisa.begin_step()
 
 
@@ -501,7 +501,7 @@ def test_a_policy_from_another_model_is_refused_at_the_point_of_use(tiny_llama):
     )  # fmt: skip
     config = policy.to_lisa_config(interval=2)
     Lisa(wide, torch.optim.AdamW(wide.parameters()), config)  # its own model: fine
-    with pytest.raises(ValueError, match="made for another model .*block 0 parameter"):
+    with pytest.raises(ValueError, match=r"made for another model .*block 0 parameter"):
         Lisa(narrow, torch.optim.AdamW(narrow.parameters()), config)
 
 

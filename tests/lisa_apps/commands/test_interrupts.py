@@ -33,7 +33,7 @@ def test_ctrl_c_during_diagnose_keeps_the_norms_recorded_so_far(tmp_path):
         process.kill()
         pytest.fail("the LoRA probe never streamed its rows")
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
