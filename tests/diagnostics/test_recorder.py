@@ -112,12 +112,9 @@ def test_killed_process_keeps_every_complete_row(tmp_path):
         f"""
         import os, signal, torch
         torch.set_num_threads(1)
-        from transformers import LlamaConfig, LlamaForCausalLM
         from diagnostics.recorder import NormRecorder
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
-                             num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1)
-        model = LlamaForCausalLM(config)
+        from lisa_apps.tiny import build_tiny_model
+        model = build_tiny_model("tiny-llama", num_blocks=3, hidden=16, heads=2, vocab_size=64)
         recorder = NormRecorder(path={str(tmp_path)!r})
         for step in range(100):
             recorder.record(step, model)

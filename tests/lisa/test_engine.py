@@ -169,17 +169,9 @@ def test_same_seed_gives_the_same_schedule_on_every_engine(tiny_llama):
 @functools.cache
 def shared_llama():
     """One tiny model for property tests that never run a forward pass."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from lisa_apps.tiny import build_tiny_model
 
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config)
+    return build_tiny_model("tiny-llama", num_blocks=5, hidden=32, vocab_size=VOCAB)
 
 
 @given(
