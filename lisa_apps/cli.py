@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the main job: diagnose a model, derive a policy, fine-tune with LISA, report",
     ),
     "layers": ("layers", "print a model's layer map: groups, parameter counts, tying"),
+    "estimate": (
+        "estimate",
+        "a run's memory for FT, LoRA, LISA and BAdam from the config alone (no weights)",
+    ),
     "diagnose": (
         "diagnose",
         "run LoRA and FT probes: norms table, skew summary, sampling policy and plots",
