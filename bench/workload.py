@@ -33,6 +33,7 @@ from torch import nn
 
 from bench.methods import build_method, minimum_state_bytes, state_bytes
 from lisa.memory import memory_report
+from lisa.validation import check_int
 from lisa_apps.tiny import build_tiny_model
 
 BENCH_MODEL = "bench-llama"
@@ -50,8 +51,7 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "hidden", "intermediate", "vocab", "heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            check_int(name, getattr(self, name))
         if self.hidden % self.heads:
             raise ValueError(f"hidden={self.hidden} must be a multiple of heads={self.heads}")
 

@@ -29,6 +29,7 @@ from torch import nn
 from diagnostics.files import atomic_write_text, library_versions
 from diagnostics.norms import NORM_KINDS, REDUCTIONS, _lora_layers, layer_norms
 from lisa.layers import LayerMap, block_index
+from lisa.validation import check_int
 
 __all__ = ["COLUMNS", "NormRecorder", "load_norms", "load_sidecar", "sidecar_path"]
 
@@ -122,8 +123,7 @@ class NormRecorder:
                 raise ValueError(f"reduce contains {reduction!r}; choose from {REDUCTIONS}")
         if not kinds or not reductions:
             raise ValueError("kinds and reduce must each name at least one value")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every={every!r} must be a positive integer (1 records every step)")
+        check_int("every", every, hint="1 records every step")
         self.kinds = kinds
         self.reductions = reductions
         self.every = every

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lisa.validation import check_int
+
 __all__ = ["ID_COLUMNS", "gini", "mean_norms", "side_by_side", "skew_summary"]
 
 ID_COLUMNS: tuple[str, ...] = ("run", "method", "kind", "reduce")
@@ -158,8 +160,7 @@ def skew_summary(
     """
     if not 0 < confidence_level < 1:
         raise ValueError(f"confidence_level={confidence_level!r} must lie strictly between 0 and 1")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples={n_resamples!r} must be positive")
+    check_int("n_resamples", n_resamples)
     rows = []
     means = mean_norms(table)
     for keys, frame in table.groupby(list(ID_COLUMNS), sort=False):

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lisa.validation import check_int
+
 __all__ = ["SPLITS", "TEST_FRACTION", "make_math_problems", "problem_id", "problem_split"]
 
 SPLITS = ("train", "test")
@@ -247,8 +249,7 @@ def make_math_problems(num_problems: int, *, seed: int = 0, split: str = "train"
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}")
-    if num_problems < 0:
-        raise ValueError(f"num_problems={num_problems} must be >= 0")
+    check_int("num_problems", num_problems, minimum=0)
     rng = np.random.default_rng(seed)
     seen: set[tuple] = set()
     problems: list[dict] = []
