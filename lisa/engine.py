@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from lisa.config import LisaConfig
-from lisa.distributed import check_same_draw
+from lisa.distributed import check_model_wrapper, check_same_draw, unwrap_data_parallel
 from lisa.layers import LayerMap, block_index
+from lisa.memory import local_tensor
 from lisa.samplers import SUM_TOLERANCE, Sampler, make_sampler
 from lisa.samplers.registry import sampler_factory
 from lisa.signature import check_layer_signature
@@ -88,11 +89,14 @@ class Lisa:
         self.model = model
         self.optimizer = optimizer
         self.config = config
-        self.layer_map = self._resolve_layer_map(model, config, layer_map)
+        check_model_wrapper(model, optimizer)
+        # Under DDP the layer groups are those of the wrapped module (same parameters).
+        self.layer_map = self._resolve_layer_map(unwrap_data_parallel(model), config, layer_map)
         if config.layer_signature is not None:
             check_layer_signature(self.layer_map, config.layer_signature, what="the LisaConfig")
         self.sampler = build_sampler(config, self.layer_map.num_blocks)
         self._groups = self._managed_groups(model, optimizer, self.layer_map, config)
+        check_model_wrapper(model, optimizer, [p for ps in self._groups.values() for p in ps])
         if self.layer_map.tied and config.train_head and not config.train_embeddings:
             logger.warning(
                 "the model ties its embedding and head: the shared matrix belongs to 'embed' "
@@ -162,8 +166,8 @@ class Lisa:
             group: [p for _, p in layer_map.parameters(group) if id(p) in in_optimizer]
             for group in layer_map.group_names
         }
-        # DESIGN rule 1: a model frozen before its optimizer was built has blocks the
-        # optimizer never sees; unfreezing them later would train nothing.
+        # docs/design.md section 3, rule 1: a model frozen before its optimizer was built has
+        # blocks the optimizer never sees; unfreezing them later would train nothing.
         missing = [
             group
             for group in layer_map.group_names
@@ -234,7 +238,7 @@ class Lisa:
                     continue
                 p.requires_grad_(False)
                 if p.grad is not None:
-                    freed += p.grad.nbytes
+                    freed += local_tensor(p.grad).nbytes
                     p.grad = None
                 # "drop" (and re-applying a restored set) frees what a frozen parameter holds.
                 if self.config.state_policy == "drop" and p in state:
@@ -295,17 +299,18 @@ class Lisa:
 
         With E frozen, the hidden states entering a checkpointed block do not require grad,
         and reentrant checkpointing then computes no grad for the block's parameters. Only
-        in that case do we make the embedding output require grad (DESIGN rule 7); the
-        non-reentrant default needs nothing and keeps backward stopping at the lowest
-        active block.
+        in that case do we make the embedding output require grad (docs/design.md section 3,
+        rule 7); the non-reentrant default needs nothing and keeps backward stopping at the
+        lowest active block.
         """
-        if self.config.train_embeddings or not _uses_reentrant_checkpointing(self.model):
+        model = self.layer_map.model  # inside a DDP wrapper
+        if self.config.train_embeddings or not _uses_reentrant_checkpointing(model):
             return
-        if getattr(self.model, "_require_grads_hooks", None) or getattr(
-            self.model, "_require_grads_hook", None
+        if getattr(model, "_require_grads_hooks", None) or getattr(
+            model, "_require_grads_hook", None
         ):
             return
-        enable = getattr(self.model, "enable_input_require_grads", None)
+        enable = getattr(model, "enable_input_require_grads", None)
         if enable is None:
             raise ValueError(
                 "reentrant activation checkpointing with train_embeddings=False needs the "
@@ -454,7 +459,8 @@ def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
 
 
 def _state_nbytes(state: dict[str, Any]) -> int:
-    return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor))
+    # A DTensor's nbytes is the global size; this rank frees its local shard.
+    return sum(local_tensor(v).nbytes for v in state.values() if isinstance(v, torch.Tensor))
 
 
 def build_sampler(config: LisaConfig, num_blocks: int) -> Sampler:

@@ -1,7 +1,9 @@
 """Exact byte accounting of parameters, grads and optimizer state, per layer group.
 
 Bytes are sums of tensor storages, each storage counted once (views and tied weights share
-one), so the numbers are what the tensors actually hold, not estimates.
+one), so the numbers are what the tensors actually hold, not estimates. A DTensor (a parameter
+sharded by FSDP2, its grad, its optimizer state) counts the local shard this rank holds: the
+figures are per rank, and ``memory_report`` says so in its ``attrs["scope"]``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if TYPE_CHECKING:  # pandas loads when a report is made, not with `import lisa`
 
 __all__ = [
     "grad_bytes",
+    "local_tensor",
     "memory_report",
     "minimum_optimizer_state_bytes",
     "optimizer_state_bytes",
@@ -36,13 +39,30 @@ REPORT_COLUMNS = (
 )
 
 
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    # By duck type, so that plain models never import torch.distributed.tensor.
+    return hasattr(tensor, "to_local") and hasattr(tensor, "placements")
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this process holds: a DTensor's local shard, else the tensor.
+
+    Example:
+        >>> t = torch.zeros(3)
+        >>> local_tensor(t) is t
+        True
+    """
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes held by `tensors`, each underlying storage counted once.
 
     bytes = sum over distinct storages s of nbytes(s)
 
     Args:
-        tensors: any tensors (views of one storage count that storage once).
+        tensors: any tensors (views of one storage count that storage once; a DTensor counts
+            the storage of its local shard, e.g. FSDP2's padded shard or flat grad buffer).
 
     Returns:
         the number of bytes.
@@ -55,7 +75,7 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     seen: set[tuple[str, int]] = set()
     total = 0
     for tensor in tensors:
-        storage = tensor.untyped_storage()
+        storage = local_tensor(tensor).untyped_storage()
         key = (str(tensor.device), storage.data_ptr())
         if storage.data_ptr() == 0:
             # Zero-size tensors share the null pointer; they hold nothing.
@@ -132,6 +152,8 @@ def minimum_optimizer_state_bytes(
 
     bytes = sum_p (k * numel(p) * itemsize(p) + scalar_bytes), with (k, scalar_bytes) =
     (2, 4) for "adamw"/"adam" (two moments + float32 step) and (1, 0) for "sgd_momentum".
+    For a DTensor parameter numel is that of this rank's local shard (its state is sharded
+    alike; the step scalar is a plain tensor on every rank).
 
     Args:
         parameters: the parameters that hold state (the active set after a step).
@@ -147,7 +169,7 @@ def minimum_optimizer_state_bytes(
     if optimizer not in _STATE_LAYOUT:
         raise ValueError(f"optimizer={optimizer!r} is unknown; use one of {tuple(_STATE_LAYOUT)}")
     copies, scalar = _STATE_LAYOUT[optimizer]
-    unique = {id(p): p for p in parameters}.values()
+    unique = [local_tensor(p) for p in {id(p): p for p in parameters}.values()]
     return sum(copies * p.numel() * p.element_size() + scalar for p in unique)
 
 
@@ -164,7 +186,9 @@ def memory_report(
     Returns:
         DataFrame with columns group, num_parameters, trainable_parameters (elements with
         requires_grad), parameter_bytes, grad_bytes, optimizer_state_bytes; one row per group
-        in LayerMap order, then "total" (storages counted once over the whole model).
+        in LayerMap order, then "total" (storages counted once over the whole model). Element
+        counts are the model's; under FSDP2 the byte columns count this rank's local shards
+        only, and ``report.attrs["scope"]`` says which (``"whole tensors"`` otherwise).
 
     Example:
         >>> from lisa_apps.models import load_model
@@ -175,6 +199,8 @@ def memory_report(
         ['embed', 'block.0', 'block.1', 'block.2', 'block.3', 'head', 'extras', 'total']
         >>> int(report.loc["total", "grad_bytes"])  # no backward pass yet
         0
+        >>> report.attrs["scope"]
+        'whole tensors'
     """
     import pandas as pd
 
@@ -188,7 +214,22 @@ def memory_report(
     # State of tensors that are not model parameters (rare) still takes memory.
     total["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
     rows.append(total)
-    return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    report.attrs["scope"] = _scope(everything)
+    return report
+
+
+def _scope(parameters: list[torch.Tensor]) -> str:
+    """What the byte columns count: whole tensors, or one rank's shards of DTensors."""
+    if not any(_is_dtensor(p) for p in parameters):
+        return "whole tensors"
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return (
+        f"local shards of rank {rank} of {world}: bytes of DTensor parameters, grads and "
+        "optimizer state held by this rank; element counts are the whole model's"
+    )
 
 
 def _row(group: str, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> dict:

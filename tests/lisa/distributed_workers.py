@@ -1,0 +1,275 @@
+"""Rank bodies for tests/lisa/test_distributed.py: 2 gloo ranks on the CPU, tiny Llama.
+
+Started with torch.multiprocessing (spawn), so this module must be importable by name from the
+repository root. Each body writes its rank's results with torch.save; the tests compare them
+with each other and with a one-process run of the same plain loop (``run_steps`` with world 1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from lisa import Lisa, LisaConfig, memory_report, minimum_optimizer_state_bytes
+from lisa.memory import optimizer_state_bytes
+from lisa_apps.tiny import build_tiny_model
+
+STEPS = 6
+RESUME_AT = 3
+GLOBAL_BATCH = 4
+LENGTH = 12
+VOCAB = 128
+LEARNING_RATE = 1e-2
+# gamma 1 of 4 blocks, a new draw every 2 steps: three periods in six steps.
+CONFIG = LisaConfig(gamma=1, interval=2, seed=3)
+
+
+def tiny_model(seed: int = 0):
+    return build_tiny_model(
+        "tiny-llama", num_blocks=4, hidden=32, vocab_size=VOCAB, tie=False, seed=seed,
+        max_positions=64,
+    )  # fmt: skip
+
+
+def make_batches(steps: int = STEPS, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Global batches whose rows score different numbers of tokens (prompt prefixes masked).
+
+    Unequal counts per rank make the global token mean differ from a mean of rank means, so
+    the equality with one process tests the loss normalisation too.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(steps):
+        input_ids = torch.randint(0, VOCAB, (GLOBAL_BATCH, LENGTH), generator=generator)
+        labels = input_ids.clone()
+        prefixes = torch.randint(1, LENGTH - 2, (GLOBAL_BATCH,), generator=generator)
+        for row, prefix in enumerate(prefixes.tolist()):
+            labels[row, :prefix] = -100
+        batches.append(
+            {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+        )
+    return batches
+
+
+def run_steps(forward, optimizer, lisa, batches, rank: int = 0, world: int = 1, on_step=None):
+    """The plain loop of docs/scaling.md: returns the global loss of every step.
+
+    Rank r takes rows [r * B/W, (r+1) * B/W) of each global batch of B; the loss is the global
+    token mean (each rank backpropagates its token sum / global count, times W because DDP and
+    FSDP2 average gradients).
+    """
+    losses = []
+    for batch in batches:
+        lisa.begin_step()
+        per_rank = batch["input_ids"].shape[0] // world
+        local = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+        labels = local["labels"][:, 1:]
+        tokens = (labels != -100).sum()
+        if world > 1:
+            torch.distributed.all_reduce(tokens)
+        logits = forward(input_ids=local["input_ids"], attention_mask=local["attention_mask"]).logits
+        local_sum = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+        )
+        (local_sum * world / tokens).backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step()  # grads and the step's optimizer state are both there
+        optimizer.zero_grad(set_to_none=True)
+        total = local_sum.detach()
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        losses.append(float(total / tokens))
+    return losses
+
+
+def reference_run() -> dict:
+    """One process, no wrapper: the run every distributed one must equal."""
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    lisa = Lisa(model, optimizer, CONFIG)
+    losses = run_steps(model, optimizer, lisa, make_batches())
+    return {
+        "losses": losses,
+        "history": lisa.history,
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+    }
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _full(model) -> dict[str, torch.Tensor]:
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in model.named_parameters()
+    }
+
+
+def _sharded(seed: int = 0):
+    from lisa.distributed import shard_model
+
+    model = shard_model(tiny_model(seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    return model, optimizer, Lisa(model, optimizer, CONFIG)
+
+
+def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """FSDP2 plain loop: losses, draws, state after every step, resume, a mismatched draw."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
+
+    _join(rank, world, port)
+    batches = make_batches()
+    results: dict = {}
+
+    model, optimizer, lisa = _sharded()
+    state_after_step: list[tuple[int, int]] = []
+
+    def record_state() -> None:
+        state_after_step.append(
+            (
+                optimizer_state_bytes(optimizer),
+                minimum_optimizer_state_bytes(lisa.trainable_parameters()),
+            )
+        )
+
+    results["losses"] = run_steps(model, optimizer, lisa, batches, rank, world, record_state)
+    results["state_after_step"] = state_after_step
+    results["history"] = lisa.history
+    results["params"] = _full(model)
+    report = memory_report(model, optimizer)
+    results["scope"] = report.attrs["scope"]
+    results["report_state_bytes"] = int(report.set_index("group").loc["total", "optimizer_state_bytes"])
+
+    # Resume: three steps, a full checkpoint on disk, a fresh model from another seed, three more.
+    model, optimizer, lisa = _sharded()
+    run_steps(model, optimizer, lisa, batches[:RESUME_AT], rank, world)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    checkpoint = Path(folder) / "checkpoint.pt"
+    if rank == 0:
+        torch.save(
+            {"model": model_state, "optimizer": optimizer_state, "lisa": lisa.state_dict()},
+            checkpoint,
+        )
+    torch.distributed.barrier()
+    del model, optimizer, lisa
+    model, optimizer, lisa = _sharded(seed=1)
+    saved = torch.load(checkpoint, weights_only=False)
+    # strict=False: LISA's frozen blocks have no optimizer state to load, by design.
+    set_state_dict(
+        model, optimizer, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"],
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )  # fmt: skip
+    lisa.load_state_dict(saved["lisa"])
+    results["resumed_losses"] = run_steps(model, optimizer, lisa, batches[RESUME_AT:], rank, world)
+    results["resumed_history"] = lisa.history
+    results["resumed_params"] = _full(model)
+
+    # Ranks that draw differently must stop at the first switch.
+    from lisa.distributed import shard_model
+
+    model = shard_model(tiny_model())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    mismatched = Lisa(
+        model, optimizer, LisaConfig(gamma=1, sampler="fixed", sampler_options={"blocks": [rank]})
+    )
+    try:
+        mismatched.begin_step()
+        results["mismatch"] = None
+    except RuntimeError as error:
+        results["mismatch"] = str(error)
+    torch.save(results, Path(folder) / f"fsdp2-rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """DDP plain loop, the wrappers Lisa refuses, and Trainer + LisaCallback under DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    _join(rank, world, port)
+    results: dict = {}
+    model = tiny_model()
+    wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    lisa = Lisa(wrapped, optimizer, CONFIG)
+    frozen_grads: list[bool] = []
+
+    def check_frozen() -> None:
+        trained = {id(p) for p in lisa.trainable_parameters()}
+        frozen_grads.append(
+            all(p.grad is None for p in model.parameters() if id(p) not in trained)
+        )
+
+    results["losses"] = run_steps(wrapped, optimizer, lisa, make_batches(), rank, world, check_frozen)
+    results["frozen_grads_none"] = frozen_grads
+    results["history"] = lisa.history
+    results["params"] = _full(model)
+
+    refusals = {}
+    for case in ("no_unused", "frozen_at_wrap"):
+        other = tiny_model()
+        if case == "frozen_at_wrap":
+            for p in other.model.layers[1].parameters():
+                p.requires_grad_(False)
+        other_wrapped = DistributedDataParallel(
+            other, find_unused_parameters=case == "frozen_at_wrap"
+        )
+        for p in other.parameters():
+            p.requires_grad_(True)
+        try:
+            Lisa(other_wrapped, torch.optim.AdamW(other.parameters()), CONFIG)
+            refusals[case] = None
+        except ValueError as error:
+            refusals[case] = str(error)
+    results["refusals"] = refusals
+
+    results["trainer"] = trainer_run(per_device_batch=GLOBAL_BATCH // world)
+    torch.save(results, Path(folder) / f"ddp-rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def trainer_run(per_device_batch: int, scratch: str | None = None) -> dict:
+    """transformers.Trainer with LisaCallback; under torch.distributed env vars it runs DDP."""
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    from lisa.callback import LisaCallback
+    from lisa_apps.data import DataCollator, make_math_problems, tokenize_examples
+    from lisa_apps.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model("tiny-llama", num_blocks=4, hidden=32, seed=0, max_positions=384)
+    features = tokenize_examples(make_math_problems(16, seed=0), tokenizer, max_length=384)
+    callback = LisaCallback(CONFIG)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=scratch or output_dir, max_steps=4, per_device_train_batch_size=per_device_batch,
+            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", logging_steps=1,
+            save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
+            disable_tqdm=True, remove_unused_columns=False, ddp_find_unused_parameters=True,
+        )  # fmt: skip
+        trainer = Trainer(
+            model, args, train_dataset=features, data_collator=DataCollator(tokenizer),
+            callbacks=[callback],
+        )  # fmt: skip
+        trainer.train()
+    return {
+        "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
+        "history": callback.lisa.history,
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "parallel_mode": str(args.parallel_mode),
+    }
