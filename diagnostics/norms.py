@@ -57,6 +57,8 @@ def _squared_norm(tensor: torch.Tensor) -> float:
     everything to float64 costs ~4x the time; rows of _ROW elements reduced in float32 (then
     squared and summed in float64) stay within ~1e-8 at float32 speed.
     """
+    if hasattr(tensor, "to_local") and hasattr(tensor, "placements"):
+        return _sharded_squared_norm(tensor)
     flat = tensor.detach().reshape(-1)
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
@@ -70,6 +72,17 @@ def _squared_norm(tensor: torch.Tensor) -> float:
     if whole < flat.numel():
         total += float(torch.linalg.vector_norm(flat[whole:], dtype=torch.float64)) ** 2
     return total
+
+
+def _sharded_squared_norm(tensor: torch.Tensor) -> float:
+    """Sum of squares of a DTensor (an FSDP2 shard): local sums added over the mesh's ranks."""
+    mesh = tensor.device_mesh
+    if mesh.ndim != 1 or not all(placement.is_shard() for placement in tensor.placements):
+        return _squared_norm(tensor.full_tensor())
+    local = tensor.to_local()
+    total = torch.tensor(_squared_norm(local), dtype=torch.float64, device=local.device)
+    torch.distributed.all_reduce(total, group=mesh.get_group())
+    return float(total)
 
 
 def _is_lora_layer(module: nn.Module) -> bool:

@@ -8,6 +8,10 @@ kind "delta" is recorded). Nothing is deep-copied.
 
 The LoRA probe trains adapters only, as the paper's LoRA baseline did: peft LoRA on every
 linear layer inside the blocks; embeddings, head and norms stay frozen.
+
+In several processes (``distributed="fsdp2"`` or ``"ddp"``, under torchrun) every rank trains on
+its slice of each global batch and records the whole model's norms; the FT probe, which holds
+grads and Adam state for every weight, is the one that needs FSDP2's sharding.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = ["PROBE_METHODS", "run_probe"]
 logger = logging.getLogger(__name__)
 
 PROBE_METHODS = ("lora", "ft")
+# Label id that the loss skips (prompt and padding tokens), as in lisa_apps.data.
+_IGNORE_INDEX = -100
 
 Features = Sequence[Mapping[str, Sequence[int]]]
 Collate = Callable[[list], Mapping[str, torch.Tensor]]
@@ -62,6 +68,7 @@ def run_probe(
     progress: bool = True,
     run: str | None = None,
     path: str | os.PathLike | None = None,
+    distributed: str | None = None,
 ) -> pd.DataFrame:
     """Train briefly with LoRA or full fine-tuning and record per-layer norms each step.
 
@@ -91,7 +98,13 @@ def run_probe(
         gradient_checkpointing: recompute activations in the backward pass.
         progress: show a tqdm progress bar.
         run: run id for the table (default f"{method}-probe").
-        path: stream the recorder's CSV here (file or directory) and save it at the end.
+        path: stream the recorder's CSV here (file or directory) and save it at the end; in
+            several processes rank 0 alone writes it.
+        distributed: None (this process alone), "ddp" (DistributedDataParallel: every rank
+            holds the model) or "fsdp2" (FT only: every block, E and H sharded with
+            :func:`lisa.distributed.shard_model`), inside an initialised process group.
+            ``batch_size`` is then the global batch, split evenly over the ranks; the loss is
+            the global token mean and the norms are the whole model's, the same on every rank.
 
     Returns:
         The tidy norms table (see NormRecorder); ``table.attrs["losses"]`` holds the loss per
@@ -125,6 +138,9 @@ def run_probe(
         )
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
+    rank, world = _check_distributed(distributed, method, batch_size)
+    if rank != 0:
+        path = None  # rank 0 alone writes
 
     trained = model if isinstance(model, nn.Module) else model()
     if not isinstance(trained, nn.Module):
@@ -142,6 +158,19 @@ def run_probe(
     else:
         for parameter in trained.parameters():
             parameter.requires_grad_(True)
+    forward = trained
+    if distributed == "fsdp2":
+        from lisa.distributed import shard_model
+
+        shard_model(trained, layer_map)
+        layer_map = LayerMap.from_model(trained)  # the parameters are now DTensors
+    elif distributed == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every registered parameter is used in every step: no search for unused ones.
+        forward = DistributedDataParallel(
+            trained, device_ids=None if torch_device.type == "cpu" else [torch_device]
+        )
     trained.train()
     parameters = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
@@ -166,6 +195,8 @@ def run_probe(
             "device": str(torch_device),
             "precision": precision,
             "gradient_checkpointing": gradient_checkpointing,
+            "distributed": distributed,
+            "world_size": world,
         },
     )
     rng = np.random.default_rng(seed)
@@ -177,11 +208,16 @@ def run_probe(
         while len(order) < batch_size:
             order.extend(rng.permutation(len(features)).tolist())
         batch_ids, order = order[:batch_size], order[batch_size:]
+        if distributed is not None:
+            batch_ids = batch_ids[rank * batch_size // world : (rank + 1) * batch_size // world]
         batch = collate([features[i] for i in batch_ids])
         batch = {key: value.to(torch_device) for key, value in batch.items()}
-        with autocast(torch_device, precision):
-            loss = trained(**batch).loss
-        loss.backward()
+        if distributed is None:
+            with autocast(torch_device, precision):
+                loss = trained(**batch).loss
+            loss.backward()
+        else:
+            loss = _global_token_mean_step(forward, batch, torch_device, precision, world)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -203,3 +239,52 @@ def run_probe(
         recorder.record_seconds,
     )
     return table
+
+
+def _check_distributed(distributed: str | None, method: str, batch_size: int) -> tuple[int, int]:
+    """(rank, world size) for a probe in several processes; (0, 1) for one."""
+    if distributed is None:
+        return 0, 1
+    if distributed not in ("ddp", "fsdp2"):
+        raise ValueError(f"distributed={distributed!r} must be None, 'ddp' or 'fsdp2'")
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(
+            f"distributed={distributed!r} needs an initialised process group (start with "
+            "torchrun and call torch.distributed.init_process_group)"
+        )
+    if distributed == "fsdp2" and method == "lora":
+        raise ValueError(
+            "the LoRA probe trains small adapters over a frozen model; run it with "
+            "distributed='ddp' (FSDP2 is for the FT probe)"
+        )
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"batch_size={batch_size} (the global batch) is not a multiple of the {world} ranks"
+        )
+    return rank, world
+
+
+def _global_token_mean_step(forward, batch, device, precision: str, world: int) -> torch.Tensor:
+    """Backward of this rank's share of the global token-mean loss; returns the global loss.
+
+    loss = sum over the global batch of -log p(label) / global number of label tokens. Each
+    rank backpropagates its local sum / global count, times W because DDP and FSDP2 average
+    gradients over the ranks.
+    """
+    labels = batch["labels"][:, 1:]  # position t predicts token t+1
+    tokens = (labels != _IGNORE_INDEX).sum()
+    torch.distributed.all_reduce(tokens)
+    with autocast(device, precision):
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        local_sum = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=_IGNORE_INDEX,
+            reduction="sum",
+        )
+    count = tokens.clamp(min=1)
+    (local_sum * world / count).backward()
+    total = local_sum.detach().float()
+    torch.distributed.all_reduce(total)
+    return total / count

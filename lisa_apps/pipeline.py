@@ -59,6 +59,9 @@ class DiagnoseSettings:
         device, precision, gradient_checkpointing: where and how the probes train (see
             :mod:`diagnostics.runtime`).
         progress: show progress bars.
+        distributed: None (one process), or under torchrun "fsdp2" (the FT probe sharded
+            with FSDP2, the LoRA probe replicated with DDP) or "ddp" (both probes with DDP);
+            ``batch_size`` is then the global batch and rank 0 alone writes the files.
     """
 
     steps: int = 20
@@ -79,6 +82,7 @@ class DiagnoseSettings:
     precision: str = "float32"
     gradient_checkpointing: bool = False
     progress: bool = True
+    distributed: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "gamma", "batch_size", "record_every"):
@@ -102,6 +106,8 @@ class DiagnoseSettings:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}")
+        if self.distributed not in (None, "ddp", "fsdp2"):
+            raise ValueError(f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'")
 
     @property
     def resolved_policy_kind(self) -> str:
@@ -125,7 +131,7 @@ class Diagnosis:
 
     table: pd.DataFrame
     summary: pd.DataFrame
-    policy: SamplingPolicy
+    policy: SamplingPolicy | None  # None on ranks other than 0 of a distributed run
     losses: dict[str, list[float]]
     files: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -173,7 +179,8 @@ def diagnose(
         tokenizer: its tokenizer (chat template for instruction examples).
         examples: training examples (see :func:`lisa_apps.data.load_examples`).
         out_dir: folder for the files (an earlier run's folder is refused unless
-            ``overwrite``), or an open :class:`lisa_apps.outputs.RunFolder`.
+            ``overwrite``), or an open :class:`lisa_apps.outputs.RunFolder`; ``None`` writes
+            nothing (the ranks other than 0 of a distributed run).
         settings: probe and policy settings; defaults to ``DiagnoseSettings()``.
         model_name: recorded in the provenance (default: the model's name).
         command: extra provenance, e.g. the CLI arguments.
@@ -202,7 +209,7 @@ def diagnose(
     build = _model_factory(model, settings.seed)
     if isinstance(model, str):
         model_name = model_name or model
-    owns_folder = not isinstance(out_dir, RunFolder)
+    owns_folder = not isinstance(out_dir, RunFolder | None)
     folder = (
         RunFolder(
             out_dir,
@@ -213,11 +220,15 @@ def diagnose(
         if owns_folder
         else out_dir
     )
-    if folder.status == "new":
+    if folder is not None and folder.status == "new":
         folder.check()
     features = tokenize_examples(examples, tokenizer, max_length=settings.max_length)
     device = resolve_device(settings.device)
-    if folder.status == "new":
+    if settings.distributed is not None:
+        from lisa_apps.training.distributed import rank_device
+
+        device = rank_device(device)
+    if folder is not None and folder.status == "new":
         folder.open()
     try:
         diagnosis = _diagnose(build, features, tokenizer, folder, settings, device, model_name,
@@ -241,8 +252,10 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
     layer_map_facts = None
     for method in PROBE_METHODS:
         probe_started = time.perf_counter()
-        partial = folder.file(f"norms-{method}.csv")  # streamed as the probe runs
-        folder.file(f"norms-{method}.json")
+        partial = None
+        if folder is not None:
+            partial = folder.file(f"norms-{method}.csv")  # streamed as the probe runs
+            folder.file(f"norms-{method}.json")
         probe_model = build()
         if layer_map_facts is None:
             layer_map = LayerMap.from_model(probe_model)
@@ -283,6 +296,7 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
                 progress=settings.progress,
                 run=f"{method}-probe",
                 path=partial,
+                distributed=_probe_distribution(settings.distributed, method),
             )
             del probe_model
             gc.collect()
@@ -297,14 +311,22 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
             "peak_memory_bytes": peak.peak_bytes,
             "peak_memory_measure": peak.measure,
         }
+        if settings.distributed is not None:
+            from lisa_apps.training.distributed import gather_from_ranks
+
+            probe_records[method]["peak_memory_bytes_per_rank"] = gather_from_ranks(peaks[method])
         logger.info(
             "%s probe: loss %.3f -> %.3f in %.0f s (%.1f s recording), peak %.0f MiB",
             method, losses[method][0], losses[method][-1], seconds[method],
             table.attrs["record_seconds"], peak.peak_bytes / 2**20,
         )  # fmt: skip
-        tables.append(load_norms(partial))
+        tables.append(table if partial is None else load_norms(partial))
 
     table = pd.concat(tables, ignore_index=True)[list(COLUMNS)]
+    if folder is None:  # a rank other than 0 of a distributed run: rank 0 writes the results
+        seconds["total"] = time.perf_counter() - started
+        summary = skew_summary(table, seed=settings.seed)
+        return Diagnosis(table, summary, None, losses, [], seconds, peaks)
     folder.write_text("norms.csv", table.to_csv(index=False))
     sidecar = {
         "format": "lisa-norms-sidecar",
@@ -357,3 +379,10 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
         table=table, summary=summary, policy=policy, losses=losses, files=files,
         seconds=seconds, peak_memory_bytes=peaks,
     )  # fmt: skip
+
+
+def _probe_distribution(distributed: str | None, method: str) -> str | None:
+    """How a probe runs in several processes: FT as asked; LoRA (small adapters) with DDP."""
+    if distributed is None:
+        return None
+    return distributed if method == "ft" else "ddp"

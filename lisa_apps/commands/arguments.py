@@ -128,6 +128,49 @@ def add_runtime(parser: argparse.ArgumentParser, *, auto_precision: bool) -> Non
     )
 
 
+def add_distributed(parser: argparse.ArgumentParser, what: str) -> None:
+    """--distributed ddp|fsdp2: one process per device, started by torchrun."""
+    parser.add_argument(
+        "--distributed",
+        choices=("ddp", "fsdp2"),
+        default=None,
+        help=f"under torchrun: {what}; rank 0 alone writes --out (see docs/scaling.md)",
+    )
+
+
+def check_distributed(args: argparse.Namespace, command: str) -> int:
+    """Refuse --distributed outside torchrun, and torchrun without it; returns the world size."""
+    from lisa_apps.training.distributed import launched_world_size
+
+    world = launched_world_size()
+    mode = getattr(args, "distributed", None)
+    if mode is None:
+        if world is not None and world > 1:
+            raise ValueError(
+                f"this is one of {world} processes started by torchrun but --distributed is not "
+                f"given, so each would train alone and write --out; pass --distributed fsdp2 or "
+                "ddp, or run without torchrun"
+            )
+        return 1
+    if world is None:
+        raise ValueError(
+            f"--distributed {mode} needs one process per device started by torchrun: torchrun "
+            f'--nproc_per_node N "$(command -v lisa)" {command} --distributed {mode} ... (or '
+            "drop --distributed)"
+        )
+    if args.device is not None and ":" in str(args.device):
+        raise ValueError(
+            f"--device {args.device}: under --distributed each rank uses the CUDA device of its "
+            "LOCAL_RANK; pass --device cuda or leave it out"
+        )
+    if args.batch_size % world:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is the global batch, split over the {world} ranks; "
+            f"use a multiple of {world}"
+        )
+    return world
+
+
 def apply_runtime(args: argparse.Namespace):
     """Check --device (and --precision against it), set --threads; returns the torch.device."""
     import torch

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_distributed,
     add_output,
     add_runtime,
     apply_runtime,
+    check_distributed,
     check_gamma,
     csv_choices,
     load_data,
@@ -106,6 +110,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-every", type=positive_int, default=1)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_runtime(parser, auto_precision=True)
+    add_distributed(
+        parser,
+        "fsdp2 = the FT probe sharded by FSDP2 and the LoRA probe with DDP, ddp = both with "
+        "DDP; --batch-size is the global batch",
+    )
 
 
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
@@ -115,6 +124,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     from lisa_apps.pipeline import DiagnoseSettings
     from lisa_apps.training import resolve_precision
 
+    check_distributed(args, "diagnose")
     device = apply_runtime(args)
     info = inspect_model(args.model)
     check_gamma(args.gamma, info.num_blocks, args.model)
@@ -142,6 +152,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         precision=resolve_precision(args.precision, device),
         gradient_checkpointing=args.gradient_checkpointing,
         progress=not args.no_progress,
+        distributed=args.distributed,
     )
     if args.floor * info.num_blocks > args.gamma + 1e-12:
         raise ValueError(
@@ -151,9 +162,13 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         )
     examples = load_data(args.data, split="train", num_examples=args.num_examples, seed=args.seed)
     command = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    folder = RunFolder(
-        args.out, command="lisa diagnose", arguments=command, overwrite=args.overwrite
-    ).check()
+    # Under torchrun rank 0 alone owns --out; the other ranks never look at it.
+    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
+    folder = None
+    if main_rank:
+        folder = RunFolder(
+            args.out, command="lisa diagnose", arguments=command, overwrite=args.overwrite
+        ).check()
 
     def work() -> int:
         import pandas as pd
@@ -161,17 +176,35 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         from diagnostics.skew import side_by_side
         from lisa_apps.models import load_tokenizer
         from lisa_apps.pipeline import diagnose
+        from lisa_apps.training.distributed import run_in_process_group
 
-        print(
-            f"model {args.model}: {info.num_blocks} blocks; {len(examples)} examples; "
-            f"{args.steps} steps per probe on {settings.device} ({settings.precision})"
-        )
-        with folder:
-            tokenizer = load_tokenizer(args.model)
-            diagnosis = diagnose(
-                args.model, tokenizer, examples, folder, settings, model_name=args.model,
-                command=command,
-            )  # fmt: skip
+        if main_rank:
+            print(
+                f"model {args.model}: {info.num_blocks} blocks; {len(examples)} examples; "
+                f"{args.steps} steps per probe on {settings.device} ({settings.precision})"
+                + (f", {args.distributed}" if args.distributed else "")
+            )
+
+        def run():
+            with folder if folder is not None else contextlib.nullcontext():
+                tokenizer = load_tokenizer(args.model)
+                return diagnose(
+                    args.model, tokenizer, examples, folder, settings, model_name=args.model,
+                    command=command,
+                )  # fmt: skip
+
+        diagnosis = run_in_process_group(run, device) if args.distributed else run()
+        if args.distributed:
+            rank = os.environ.get("RANK", "0")
+            print(
+                f"rank {rank}: peak memory "
+                + ", ".join(
+                    f"{method} probe {peak / 2**20:,.0f} MiB"
+                    for method, peak in diagnosis.peak_memory_bytes.items()
+                )
+            )
+        if not main_rank:
+            return 0
         for method in ("lora", "ft"):
             losses = diagnosis.losses[method]
             print(

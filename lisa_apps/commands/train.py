@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_distributed,
     add_output,
     add_runtime,
     apply_runtime,
+    check_distributed,
     check_gamma,
     load_data,
     nonnegative_int,
@@ -143,6 +147,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     training.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_runtime(parser, auto_precision=True)
+    add_distributed(
+        parser,
+        "ddp = transformers.Trainer with DistributedDataParallel, fsdp2 = a plain loop with "
+        "every block, E and H sharded by FSDP2; --batch-size is the global batch",
+    )
 
 
 def _lisa_config(args, info, policy):
@@ -197,6 +206,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     from lisa_apps.outputs import RunFolder
     from lisa_apps.training import FinetuneConfig, resolve_precision
 
+    check_distributed(args, "train")
     device = apply_runtime(args)
     policy = None
     if args.policy is not None:
@@ -254,6 +264,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         device=str(device),
         precision=resolve_precision(args.precision, device),
         gradient_checkpointing=args.gradient_checkpointing,
+        distributed=args.distributed,
     )
     train_count = args.train_examples
     if train_count is None and args.data == "math":
@@ -263,42 +274,66 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         args.data, split="test", num_examples=args.eval_examples, seed=args.seed
     )
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    folder = RunFolder(
-        args.out, command="lisa train", arguments=arguments, overwrite=args.overwrite
-    ).check()
+    # Under torchrun rank 0 alone owns --out; the other ranks never look at it.
+    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
+    folder = None
+    if main_rank:
+        folder = RunFolder(
+            args.out, command="lisa train", arguments=arguments, overwrite=args.overwrite
+        ).check()
 
     def work() -> int:
         from lisa_apps.models import load_model
         from lisa_apps.training import finetune
+        from lisa_apps.training.distributed import run_in_process_group
 
         started = time.perf_counter()
-        print(
-            f"lisa train: {args.method} on {model_name}, {len(train_examples)} train / "
-            f"{len(eval_examples)} held-out examples from {args.data!r}, {args.steps} steps, "
-            f"lr {config.resolved_learning_rate:g}, batch {args.batch_size}, "
-            f"{config.device} ({config.precision})"
-        )
-        with folder:
-            model, tokenizer = load_model(model_name, seed=args.seed)
-            result = finetune(
-                model,
-                tokenizer,
-                train_examples,
-                eval_examples,
-                config,
-                out_dir=folder,
-                save_model=not args.no_save_model,
-                progress=not args.no_progress,
-                evaluate_before=not args.skip_before,
+        if main_rank:
+            print(
+                f"lisa train: {args.method} on {model_name}, {len(train_examples)} train / "
+                f"{len(eval_examples)} held-out examples from {args.data!r}, {args.steps} "
+                f"steps, lr {config.resolved_learning_rate:g}, batch {args.batch_size}, "
+                f"{config.device} ({config.precision})"
+                + (f", {args.distributed}" if args.distributed else "")
             )
-        print(format_summary(result.metrics))
-        print(
-            f"wrote {', '.join(folder.written)} to {args.out} in "
-            f"{time.perf_counter() - started:.0f} s"
-        )
+
+        def train() -> dict:
+            with folder if folder is not None else contextlib.nullcontext():
+                model, tokenizer = load_model(model_name, seed=args.seed)
+                return finetune(
+                    model,
+                    tokenizer,
+                    train_examples,
+                    eval_examples,
+                    config,
+                    out_dir=folder,
+                    save_model=not args.no_save_model,
+                    progress=not args.no_progress and main_rank,
+                    evaluate_before=not args.skip_before,
+                ).metrics
+
+        metrics = run_in_process_group(train, device) if args.distributed else train()
+        if args.distributed:
+            print(format_rank_memory(metrics))
+        if main_rank:
+            print(format_summary(metrics))
+            print(
+                f"wrote {', '.join(folder.written)} to {args.out} in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
         return 0
 
     return work
+
+
+def format_rank_memory(metrics: dict) -> str:
+    """One line per rank: what this rank held (under FSDP2, its shards)."""
+    rank = int(os.environ.get("RANK", "0"))
+    return (
+        f"rank {rank}: peak memory {metrics['peak_memory_bytes'] / 2**20:,.0f} MiB "
+        f"({metrics['peak_memory_measure']}), optimizer state "
+        f"{metrics['optimizer_state_bytes'] / 2**20:,.1f} MiB"
+    )
 
 
 def format_summary(metrics: dict) -> str:
@@ -322,4 +357,7 @@ def format_summary(metrics: dict) -> str:
     ]
     if metrics.get("method") == "lisa":
         lines.append(f"LISA: {metrics['num_switches']} draws over {metrics['num_blocks']} blocks")
+    if "peak_memory_bytes_per_rank" in metrics:
+        per_rank = ", ".join(f"{b / 2**20:,.0f}" for b in metrics["peak_memory_bytes_per_rank"])
+        lines.append(f"{metrics['world_size']} ranks: peak memory per rank {per_rank} MiB")
     return "\n".join(lines)

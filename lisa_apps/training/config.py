@@ -51,6 +51,10 @@ class FinetuneConfig:
             ``"float32"``, ``"bf16-mixed"`` (bfloat16 autocast over float32 weights) or
             ``"bf16"`` (bfloat16 weights, grads and optimizer state).
         gradient_checkpointing: recompute activations in the backward pass (less memory).
+        distributed: ``None`` (one process), ``"ddp"`` (transformers.Trainer under torchrun,
+            DistributedDataParallel) or ``"fsdp2"`` (the plain loop of
+            :mod:`lisa_apps.training.loop`, every block, E and H sharded with FSDP2); with
+            several ranks ``batch_size`` is the global batch, split evenly over them.
 
     Example:
         >>> FinetuneConfig(method="ft", steps=10).resolved_learning_rate
@@ -76,6 +80,7 @@ class FinetuneConfig:
     device: str | None = None
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    distributed: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,6 +107,10 @@ class FinetuneConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {('auto', *PRECISIONS)}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError("gradient_checkpointing must be True or False")
+        if self.distributed not in (None, "ddp", "fsdp2"):
+            raise ValueError(
+                f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'"
+            )
 
     @property
     def resolved_learning_rate(self) -> float:

@@ -35,7 +35,9 @@ from lisa.memory import optimizer_state_bytes
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.outputs import RunFolder
 from lisa_apps.training.config import FinetuneConfig
+from lisa_apps.training.distributed import gather_from_ranks, rank_and_world, rank_device
 from lisa_apps.training.evaluation import evaluate
+from lisa_apps.training.loop import LoopRun, save_full_model, train_loop
 from lisa_apps.training.results import trainable_parameters, write_run
 
 __all__ = ["FinetuneResult", "finetune", "resolve_precision"]
@@ -128,14 +130,25 @@ def finetune(
         >>> sorted(result.metrics["after"])
         ['accuracy', 'eval_loss', 'num_scored']
     """
-    from transformers import Trainer, TrainingArguments
-
     config = config or FinetuneConfig()
+    _, world = rank_and_world()
+    if config.distributed is not None and not _in_process_group():
+        raise ValueError(
+            f"distributed={config.distributed!r} needs an initialised process group: start the "
+            "run with torchrun and call lisa_apps.training.distributed.setup_process_group first"
+        )
     device = resolve_device(config.device)
-    if device.type == "cuda" and device.index not in (None, 0):
+    if config.distributed is not None:
+        device = rank_device(device)
+    elif device.type == "cuda" and device.index not in (None, 0):
         raise ValueError(
             f"device={config.device!r}: the Trainer uses the first visible CUDA device; select "
             "another with CUDA_VISIBLE_DEVICES"
+        )
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size={config.batch_size} (the global batch) is not a multiple of the "
+            f"{world} ranks"
         )
     precision = resolve_precision(config.precision, device)
     folder = _run_folder(out_dir, overwrite, config)
@@ -171,72 +184,64 @@ def finetune(
 
         model, callbacks = _prepare_method(model, config)
         metrics["trainable_parameters"] = trainable_parameters(model, config)
-
-        with tempfile.TemporaryDirectory(prefix="lisa-trainer-") as scratch:
-            args = TrainingArguments(
-                output_dir=scratch,  # nothing is saved there (save_strategy="no")
-                max_steps=config.steps,
-                per_device_train_batch_size=config.batch_size,
-                learning_rate=config.resolved_learning_rate,
-                lr_scheduler_type=config.lr_scheduler,
-                warmup_steps=config.warmup_steps,
-                weight_decay=config.weight_decay,
-                optim="adamw_torch",
-                logging_steps=1,
-                save_strategy="no",
-                report_to=[],
-                use_cpu=device.type == "cpu",
-                bf16=precision == "bf16-mixed",
-                gradient_checkpointing=config.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-                seed=config.seed,
-                data_seed=config.seed,
-                disable_tqdm=not progress,
-                remove_unused_columns=False,
-                dataloader_num_workers=0,
-            )
-            trainer = Trainer(
-                model=model,
-                args=args,
-                train_dataset=train_features,
-                data_collator=DataCollator(tokenizer),
-                callbacks=callbacks,
-            )
-            _replace_progress_reporting(trainer, progress)
-            with PeakMemory(device) as peak:
-                start = time.perf_counter()
-                train_output = trainer.train()
-                elapsed = time.perf_counter() - start
-        log_history = pd.DataFrame(trainer.state.log_history)
+        collator = DataCollator(tokenizer)
+        with PeakMemory(device) as peak:
+            start = time.perf_counter()
+            if config.distributed == "fsdp2":
+                run = train_loop(
+                    model, train_features, collator, config, device=device,
+                    precision=precision, progress=progress,
+                )  # fmt: skip
+            else:
+                run = _train_with_trainer(
+                    model, callbacks, train_features, collator, config, device, precision,
+                    progress, world,
+                )  # fmt: skip
+            elapsed = time.perf_counter() - start
+        model, log_history = run.model, run.log_history
         model.eval()
 
         losses = log_history["loss"].dropna() if "loss" in log_history else pd.Series(dtype=float)
+        state_bytes = optimizer_state_bytes(run.optimizer)
         metrics.update(
             {
-                "train_loss_mean": float(train_output.training_loss),
+                "train_loss_mean": run.training_loss,
                 "train_loss_first": float(losses.iloc[0]) if len(losses) else None,
                 "train_loss_last": float(losses.iloc[-1]) if len(losses) else None,
                 "train_runtime_s": round(elapsed, 3),
                 "seconds_per_step": round(elapsed / config.steps, 4),
-                # Measured on the optimizer the Trainer built, after the last step.
-                "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+                # Measured on the optimizer that trained, after the last step (this rank's).
+                "optimizer_state_bytes": state_bytes,
                 "peak_memory_bytes": peak.peak_bytes,
                 "peak_memory_measure": peak.measure,
                 "versions": library_versions(),
             }
         )
+        if config.distributed is not None:
+            # Every rank's own figures; under FSDP2 each holds its shards only.
+            metrics["world_size"] = world
+            metrics["peak_memory_bytes_per_rank"] = gather_from_ranks(peak.peak_bytes)
+            metrics["optimizer_state_bytes_per_rank"] = gather_from_ranks(state_bytes)
+            logger.info(
+                "rank %d: peak memory %.0f MiB (%s), optimizer state %.1f MiB",
+                rank_and_world()[0], peak.peak_bytes / 2**20, peak.measure, state_bytes / 2**20,
+            )  # fmt: skip
         active_history: list[tuple[int, tuple[int, ...]]] = []
         if config.method == "lisa":
-            lisa = callbacks[0].lisa
+            lisa = run.lisa
             active_history = [
                 (int(step), tuple(int(b) for b in blocks)) for step, blocks in lisa.history
             ]
             metrics["num_blocks"] = lisa.layer_map.num_blocks
             metrics["num_switches"] = len(active_history)
-        if folder is not None and save_model:
-            target = folder.file("model")
-            model.save_pretrained(target, safe_serialization=True)
-            tokenizer.save_pretrained(target)
+        if save_model:
+            # Under FSDP2 every rank takes part in gathering the weights; rank 0 writes.
+            target = folder.file("model") if folder is not None else None
+            if config.distributed == "fsdp2":
+                save_full_model(model, tokenizer, target)
+            elif target is not None:
+                model.save_pretrained(target, safe_serialization=True)
+                tokenizer.save_pretrained(target)
         metrics["after"], predictions["after"] = evaluate(
             model, tokenizer, eval_examples, eval_features, config, progress=progress,
             label="after",
@@ -256,6 +261,61 @@ def finetune(
     if folder is not None and out_dir is not folder:
         folder.close("finished")
     return result
+
+
+def _in_process_group() -> bool:
+    distributed = torch.distributed
+    return distributed.is_available() and distributed.is_initialized()
+
+
+def _train_with_trainer(
+    model, callbacks, train_features, collator, config, device, precision, progress, world
+) -> LoopRun:
+    """One run of transformers.Trainer (DDP under torchrun); the same fields as the loop's."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory(prefix="lisa-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,  # nothing is saved there (save_strategy="no")
+            max_steps=config.steps,
+            per_device_train_batch_size=config.batch_size // world,
+            learning_rate=config.resolved_learning_rate,
+            lr_scheduler_type=config.lr_scheduler,
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            optim="adamw_torch",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=device.type == "cpu",
+            bf16=precision == "bf16-mixed",
+            gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            # LISA's frozen blocks produce no grad: DDP must expect unused parameters.
+            ddp_find_unused_parameters=config.method == "lisa" if world > 1 else None,
+            seed=config.seed,
+            data_seed=config.seed,
+            disable_tqdm=not progress,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_features,
+            data_collator=collator,
+            callbacks=callbacks,
+        )
+        _replace_progress_reporting(trainer, progress)
+        train_output = trainer.train()
+    lisa = callbacks[0].lisa if config.method == "lisa" else None
+    return LoopRun(
+        model,
+        pd.DataFrame(trainer.state.log_history),
+        float(train_output.training_loss),
+        trainer.optimizer,
+        lisa,
+    )
 
 
 def _run_folder(out_dir, overwrite: bool, config: FinetuneConfig) -> RunFolder | None:

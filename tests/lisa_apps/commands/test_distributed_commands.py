@@ -1,0 +1,174 @@
+"""`lisa train` and `lisa diagnose` under torchrun (2 gloo ranks on the CPU, tiny Llama).
+
+Each run is a real ``torchrun --standalone --nproc_per_node 2 lisa ...``: it must finish, write
+one set of results (rank 0 alone writes), report every rank's memory, and compute what one
+process computes on the same global batches (losses within 1e-5 relative; norms within 1e-4
+relative, as float32 sums run in another order).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from diagnostics.recorder import load_norms
+from diagnostics.runtime import prepare_model
+from lisa.config import LisaConfig
+from lisa_apps.cli import main
+from lisa_apps.commands.arguments import load_data
+from lisa_apps.data import DataCollator, tokenize_examples
+from lisa_apps.models import load_model
+from lisa_apps.outputs import MANIFEST
+from lisa_apps.training import FinetuneConfig
+from lisa_apps.training.loop import train_loop
+
+WORLD = 2
+LISA = str(Path(sys.executable).parent / "lisa")  # the entry point of this environment
+TRAIN = [
+    "--model", "tiny-llama", "--steps", "4", "--batch-size", "4", "--interval", "2",
+    "--train-examples", "16", "--eval-examples", "2", "--max-length", "256", "--no-accuracy",
+    "--no-progress", "--seed", "0",
+]  # fmt: skip
+# The `diagnosed` fixture's run (tests/lisa_apps/commands/conftest.py), on two ranks.
+DIAGNOSE = [
+    "--model", "tiny-llama", "--steps", "3", "--num-examples", "24", "--max-length", "256",
+    "--kinds", "weight,delta", "--no-progress", "--gamma", "2",
+]  # fmt: skip
+
+
+def torchrun(*argv: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={WORLD}", LISA, *argv,
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed
+
+
+def _one_set_of_results(out: Path) -> dict:
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["status"] == "finished"
+    # Nothing but what rank 0 listed: no second manifest, no stray files of another rank.
+    assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {MANIFEST}
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def fsdp2_train(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp2") / "run"
+    completed = torchrun("train", "--distributed", "fsdp2", *TRAIN, "--out", str(out))
+    return out, completed.stdout
+
+
+def test_train_fsdp2_under_torchrun_writes_one_set_of_results(fsdp2_train):
+    out, stdout = fsdp2_train
+    manifest = _one_set_of_results(out)
+    assert {"metrics.json", "log_history.csv", "active_sets.json", "model"} <= set(
+        manifest["files"]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == WORLD and metrics["settings"]["distributed"] == "fsdp2"
+    assert len(metrics["peak_memory_bytes_per_rank"]) == WORLD
+    # Every rank reports its own memory, rank 0 the summary.
+    assert all(f"rank {r}: peak memory" in stdout for r in range(WORLD))
+    assert stdout.count("held-out loss") == 1
+
+
+def test_train_fsdp2_equals_one_process_of_the_same_loop(fsdp2_train):
+    out, _ = fsdp2_train
+    model, tokenizer = load_model("tiny-llama", seed=0)
+    examples = load_data("math", split="train", num_examples=16, seed=0)
+    features = tokenize_examples(examples, tokenizer, max_length=256)
+    config = FinetuneConfig(
+        method="lisa", steps=4, batch_size=4, max_length=256, seed=0,
+        lisa=LisaConfig(gamma=2, interval=2, seed=0), distributed="fsdp2",
+    )  # fmt: skip
+    prepare_model(model, device=torch.device("cpu"))
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    run = train_loop(
+        model, features, DataCollator(tokenizer), config, device=torch.device("cpu"),
+        precision="float32",
+    )  # fmt: skip
+    logged = pd.read_csv(out / "log_history.csv")
+    torch.testing.assert_close(
+        torch.tensor(logged["loss"].tolist()), torch.tensor(run.log_history["loss"].tolist()),
+        rtol=1e-5, atol=0,
+    )  # fmt: skip
+    assert logged["lisa_active_blocks"].tolist() == run.log_history["lisa_active_blocks"].tolist()
+    # The saved model holds the full (gathered) weights of the sharded run.
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out / "model")
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(
+            saved.get_parameter(name), parameter.detach(), atol=1e-5, rtol=0, msg=name
+        )
+
+
+def test_train_ddp_under_torchrun_writes_one_set_of_results(tmp_path):
+    out = tmp_path / "run"
+    completed = torchrun(
+        "train", "--distributed", "ddp", *TRAIN, "--no-save-model", "--out", str(out)
+    )
+    _one_set_of_results(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == WORLD and metrics["num_switches"] == 2
+    assert all(f"rank {r}: peak memory" in completed.stdout for r in range(WORLD))
+
+
+def test_diagnose_fsdp2_under_torchrun_equals_one_process(tmp_path, diagnosed):
+    out = tmp_path / "diagnosis"
+    completed = torchrun("diagnose", "--distributed", "fsdp2", *DIAGNOSE, "--out", str(out))
+    manifest = _one_set_of_results(out)
+    assert set(manifest["files"]) == set(json.loads((diagnosed / MANIFEST).read_text())["files"])
+    sidecar = json.loads((out / "norms.json").read_text())
+    assert sidecar["probes"]["ft"]["settings"]["distributed"] == "fsdp2"
+    assert sidecar["probes"]["lora"]["settings"]["distributed"] == "ddp"
+    assert all(len(sidecar["probes"][m]["peak_memory_bytes_per_rank"]) == WORLD for m in ("lora", "ft"))
+    assert all(f"rank {r}: peak memory" in completed.stdout for r in range(WORLD))
+    keys = ["method", "step", "group", "kind", "reduce"]
+    both = load_norms(out).merge(load_norms(diagnosed), on=keys, suffixes=("_two", "_one"))
+    assert len(both) == len(load_norms(diagnosed))
+    torch.testing.assert_close(
+        torch.tensor(both["norm_two"].to_numpy()), torch.tensor(both["norm_one"].to_numpy()),
+        rtol=1e-4, atol=1e-7,
+    )  # fmt: skip
+
+
+# refused before any work, in this process ---------------------------------------------------
+
+LAUNCH = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+          "MASTER_PORT": "29500"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "environment", "message"),
+    [
+        (["train", "--distributed", "fsdp2"], {}, "needs one process per device started by torchrun"),
+        (["diagnose", "--distributed", "ddp"], {}, "torchrun --nproc_per_node N"),
+        (["train"], LAUNCH, "pass --distributed fsdp2 or ddp"),
+        (["train", "--distributed", "fsdp2", "--batch-size", "3"], LAUNCH, "use a multiple of 2"),
+        (["diagnose", "--distributed", "fsdp2", "--device", "cuda:1"], LAUNCH, "LOCAL_RANK"),
+    ],
+    ids=["train-outside-torchrun", "diagnose-outside-torchrun", "torchrun-without-distributed",
+         "batch-not-split-evenly", "device-index"],
+)  # fmt: skip
+def test_distributed_mistakes_are_refused_with_one_line(
+    argv, environment, message, tmp_path, monkeypatch, capsys
+):
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    code = main([*argv, "--model", "tiny-llama", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out").exists()
