@@ -95,6 +95,7 @@ class LisaCallback(TrainerCallback, ExportableState):
     # events ----------------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        _check_parallel_arguments(args, model)
         self._build(model, optimizer)
         saved = _saved_lisa_state(state)
         if state.global_step > 0:
@@ -136,6 +137,35 @@ class LisaCallback(TrainerCallback, ExportableState):
                 "transformers.Trainer through callbacks=[LisaCallback(config)]"
             )
         self.lisa = Lisa(model, optimizer, self.config)
+
+
+def _check_parallel_arguments(args, model) -> None:
+    """Refuse DeepSpeed, and DDP without find_unused_parameters (frozen blocks have no grad).
+
+    The Trainer wraps the model after callbacks are built and hands them the unwrapped model,
+    so the settings are read from the TrainingArguments, resolved as the Trainer resolves them.
+    """
+    if getattr(args, "deepspeed", None) or getattr(args, "hf_deepspeed_config", None):
+        raise ValueError(
+            "LISA does not support DeepSpeed: ZeRO partitions and flattens parameters, so LISA "
+            "cannot freeze blocks one by one or free their optimizer state. Use FSDP2: "
+            "TrainingArguments(fsdp='full_shard', fsdp_config={'fsdp_version': 2}) on GPUs, "
+            "or lisa.distributed.shard_model in a plain loop; see docs/scaling.md"
+        )
+    if getattr(args, "world_size", 1) <= 1 or (getattr(args, "fsdp", None) and not args.use_cpu):
+        return  # one process, or FSDP (accelerate ignores fsdp on the CPU and runs DDP)
+    find_unused = args.ddp_find_unused_parameters
+    if find_unused is None:  # the Trainer's default: off with activation checkpointing
+        checkpointing = getattr(model, "is_activation_checkpointing", False) or getattr(
+            args, "activation_checkpointing", False
+        )
+        find_unused = not checkpointing
+    if not find_unused:
+        raise ValueError(
+            "DDP with LISA needs find_unused_parameters (frozen blocks produce no gradient); "
+            "pass TrainingArguments(ddp_find_unused_parameters=True), which also works with "
+            "non-reentrant activation checkpointing"
+        )
 
 
 def _saved_lisa_state(state) -> dict | None:

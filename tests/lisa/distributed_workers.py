@@ -237,11 +237,24 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     results["refusals"] = refusals
 
     results["trainer"] = trainer_run(per_device_batch=GLOBAL_BATCH // world)
+    # Activation checkpointing: the Trainer's default turns find_unused_parameters off.
+    try:
+        trainer_run(per_device_batch=1, max_steps=1, find_unused=None, checkpointing=True)
+        results["trainer_default_with_checkpointing"] = None
+    except ValueError as error:
+        results["trainer_default_with_checkpointing"] = str(error)
+    checkpointed = trainer_run(per_device_batch=1, max_steps=2, checkpointing=True)
+    results["trainer_checkpointed_losses"] = checkpointed["losses"]
     torch.save(results, Path(folder) / f"ddp-rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def trainer_run(per_device_batch: int, scratch: str | None = None) -> dict:
+def trainer_run(
+    per_device_batch: int,
+    max_steps: int = 4,
+    find_unused: bool | None = True,
+    checkpointing: bool = False,
+) -> dict:
     """transformers.Trainer with LisaCallback; under torch.distributed env vars it runs DDP."""
     import tempfile
 
@@ -257,10 +270,12 @@ def trainer_run(per_device_batch: int, scratch: str | None = None) -> dict:
     callback = LisaCallback(CONFIG)
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
-            output_dir=scratch or output_dir, max_steps=4, per_device_train_batch_size=per_device_batch,
-            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
-            disable_tqdm=True, remove_unused_columns=False, ddp_find_unused_parameters=True,
+            output_dir=output_dir, max_steps=max_steps,
+            per_device_train_batch_size=per_device_batch, learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
+            use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
+            ddp_find_unused_parameters=find_unused, gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
         )  # fmt: skip
         trainer = Trainer(
             model, args, train_dataset=features, data_collator=DataCollator(tokenizer),

@@ -161,6 +161,12 @@ def test_trainer_with_lisa_callback_under_ddp_equals_one_process(ddp_ranks):
     _assert_close_params(first["params"], expected["params"])
 
 
+def test_trainer_under_ddp_needs_find_unused_parameters_and_then_checkpoints(ddp_ranks):
+    for rank in ddp_ranks:
+        assert "ddp_find_unused_parameters=True" in rank["trainer_default_with_checkpointing"]
+        assert len(rank["trainer_checkpointed_losses"]) == 2
+
+
 # one process: what is refused without starting ranks --------------------------------------------
 
 
@@ -189,3 +195,18 @@ def test_fsdp1_is_refused_naming_fsdp2(tiny_llama):
 
     with pytest.raises(ValueError, match="FSDP1.*shard_model"):
         check_model_wrapper(FullyShardedDataParallel(model))
+
+
+def test_lisa_callback_refuses_a_deepspeed_trainer(tiny_llama):
+    from types import SimpleNamespace
+
+    from lisa.callback import LisaCallback
+
+    model = tiny_llama()
+    # TrainingArguments(deepspeed=...) needs deepspeed installed; the callback reads the field.
+    args = SimpleNamespace(deepspeed={"zero_optimization": {"stage": 3}})
+    callback = LisaCallback(LisaConfig(gamma=1))
+    with pytest.raises(ValueError, match="DeepSpeed.*fsdp_version"):
+        callback.on_train_begin(
+            args, None, None, model=model, optimizer=torch.optim.AdamW(model.parameters())
+        )
