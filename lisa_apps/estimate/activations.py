@@ -19,12 +19,15 @@ it used (2 bytes per weight element, per step rather than per token). With activ
 checkpointing a block keeps only its input (4 h, or 2 h in pure bf16) and one block's full set
 is recomputed at a time during the backward pass.
 
-Left out: attention scores of eager attention (SDPA keeps O(s) statistics), the rotary tables,
-token ids, transient buffers of the backward pass (e.g. the float32 gradient of the logits), the
-allocator's caching and fragmentation, and CUDA/framework context; architectures whose blocks
-differ from the Llama pattern (GPT-2's LayerNorm and gelu, Gemma-2's four norms and logit
-soft-capping) get the same count and are less accurate. docs/memory.md compares it with what
-autograd actually saves.
+In pure bf16 peft keeps LoRA adapters in float32 and casts their inputs to it, so an adapter
+block keeps 4 * (5h + q + f) + 28 r in place of x * h + a * f + 7 * a * r.
+
+Left out: attention scores of eager attention (SDPA keeps O(s) statistics; transformers runs
+Gemma-2 with eager attention by default), the rotary tables, token ids, transient buffers of the
+backward pass (e.g. the float32 gradient of the logits), the allocator's caching and
+fragmentation, and CUDA/framework context; architectures whose blocks differ from the Llama
+pattern (GPT-2's LayerNorm, gelu and dropout, Gemma-2's four norms and logit soft-capping) get
+the same count and are less accurate. docs/memory.md compares it with what autograd saves.
 """
 
 from __future__ import annotations
