@@ -243,7 +243,8 @@ def _meta_model(config, dtype: torch.dtype, lora_rank: int | None, blocks_path: 
         layer_map = LayerMap.from_model(model, blocks_path)
     except (AttributeError, KeyError, TypeError) as error:
         raise ValueError(
-            f"the model's blocks cannot be mapped ({error}); pass blocks_path"
+            f"the model's blocks cannot be mapped ({error}); pass their dotted path as "
+            "blocks_path (--blocks-path on the command line)"
         ) from None
     if lora_rank is None:
         return model, layer_map

@@ -185,9 +185,10 @@ def smollm2():
     return model
 
 
-# bf16-mixed holds the same float32 weights, grads and state as float32 (autocast changes only
-# the activations), and the tiny models cover it; SmolLM2 checks the two weight dtypes.
-@pytest.mark.parametrize("precision", ["float32", "bf16"])
+# The tiny models cover every precision; on SmolLM2 (the shipped config against the real model,
+# real sizes) one precision keeps the check cheap: bf16, whose LoRA adapters are float32 and whose
+# BAdam keeps float32 master copies, so it mixes both dtypes.
+@pytest.mark.parametrize("precision", ["bf16"])
 def test_estimate_equals_memory_report_on_smollm2(smollm2, precision):
     """One step per method at 1 x 16 tokens (LISA and BAdam: two, so each has switched)."""
     from lisa_apps.estimate.configs import resolve_config
