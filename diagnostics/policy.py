@@ -34,7 +34,7 @@ from lisa.layers import LayerMap, block_group
 from lisa.samplers import Sampler, inclusion_probabilities_from_scores, make_sampler
 from lisa.signature import check_layer_signature, layer_signature
 
-__all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy"]
+__all__ = ["POLICY_FORMAT", "SamplingPolicy", "block_means", "derive_policy", "policy_from_scores"]
 
 POLICY_FORMAT = "lisa-sampling-policy"
 _POLICY_VERSION = 1
@@ -356,6 +356,8 @@ def derive_policy(
         stored = _signature_from_tables(ft, lora)
     provenance = {
         "derivation": "s_l = w_lora^l / w_ft^l -> inclusion_probabilities_from_scores",
+        "score_source": "norm-ratio",
+        "source_settings": {"kind": kind, "reduce": reduce},
         "kind": kind,
         "reduce": reduce,
         "temperature": float(temperature),
@@ -394,3 +396,70 @@ def _signature_from_tables(*tables: Any) -> dict[str, Any] | None:
                 except ValueError:
                     continue
     return None
+
+
+def policy_from_scores(
+    scores: Sequence[float] | np.ndarray,
+    gamma: int,
+    *,
+    source: str,
+    source_settings: Mapping[str, Any] | None = None,
+    temperature: float = 1.0,
+    floor: float = 0.0,
+    layer_map: LayerMap | nn.Module | None = None,
+    signature: Mapping[str, Any] | None = None,
+    model: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> SamplingPolicy:
+    """A policy from any block scores, recording the score source and its settings.
+
+    pi = inclusion_probabilities_from_scores(s, gamma, temperature=..., floor=...), so scaling
+    every score by a constant leaves the policy unchanged.
+
+    Args:
+        scores: one finite, non-negative score per block (see :mod:`diagnostics.sources`).
+        gamma: blocks drawn per period.
+        source: the score source's registered name (e.g. ``"grad-norm"``).
+        source_settings: its settings (``ScoreSource.settings()``).
+        temperature, floor: see :func:`lisa.samplers.inclusion_probabilities_from_scores`.
+        layer_map: the model (or its LayerMap) the policy is for; its signature is stored.
+        signature: a signature to store instead (``LayerMap.signature()`` or
+            ``layer_signature`` output).
+        model: the model's name or folder, recorded in the provenance.
+        details: more provenance (e.g. how many batches the scores came from).
+
+    Returns:
+        A SamplingPolicy whose provenance holds ``score_source``, ``source_settings`` and
+        ``scores``.
+
+    Example:
+        >>> policy = policy_from_scores([3.0, 1.0, 1.0, 1.0], 2, source="file")
+        >>> policy.inclusion_probabilities.round(3).tolist(), policy.provenance["score_source"]
+        ([1.0, 0.333, 0.333, 0.333], 'file')
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pi = inclusion_probabilities_from_scores(values, gamma, temperature=temperature, floor=floor)
+    if layer_map is not None:
+        stored = layer_signature(layer_map)
+    elif signature is not None:
+        stored = layer_signature(signature)
+    else:
+        stored = None
+    provenance = {
+        "derivation": f"{source} scores -> inclusion_probabilities_from_scores",
+        "score_source": source,
+        "source_settings": dict(source_settings or {}),
+        "temperature": float(temperature),
+        "floor": float(floor),
+        "scores": values.tolist(),
+        "model": model,
+        **dict(details or {}),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return SamplingPolicy(
+        inclusion_probabilities=pi,
+        gamma=int(gamma),
+        layer_names=tuple(block_group(i) for i in range(pi.size)),
+        signature=stored,
+        provenance=provenance,
+    )
