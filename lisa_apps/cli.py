@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train",
         "fine-tune with LISA, LoRA or FT; held-out loss and accuracy before and after",
     ),
+    "study": (
+        "study",
+        "compare FT, LoRA and LISA variants over seeds and tuned rates, with intervals",
+    ),
 }
 
 INPUT_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, IsADirectoryError)

@@ -1,0 +1,256 @@
+"""`lisa study`: methods and LISA variants x seeds x a learning-rate sweep, with intervals.
+
+Writes into --out: runs.csv (one row per finished run), summary.csv (per variant at its chosen
+rate: mean, standard deviation and 95% t interval over seeds, paired difference to uniform
+LISA), loss.png, policies/ (the policy of each score source) and runs/RUN_ID/ (each run's
+files). The same command run again resumes: finished runs are not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from lisa_apps.commands.arguments import (
+    add_output,
+    add_runtime,
+    apply_runtime,
+    check_gamma,
+    csv_choices,
+    load_data,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
+
+def _csv_of(kind: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+    """A comma list of values of one argument type (no empty list, no repeats)."""
+
+    def parse(text: str) -> tuple:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"give a comma list of {what}")
+        values = tuple(kind(item) for item in items)
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
+        return values
+
+    return parse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of `lisa study`."""
+    from diagnostics.norms import NORM_KINDS, REDUCTIONS
+    from lisa.config import STATE_POLICIES
+    from lisa.defaults import DEFAULT_GAMMA, DEFAULT_INTERVAL, DEFAULT_LORA_RANK
+    from lisa_apps.models import DEFAULT_MODEL
+    from lisa_apps.study.settings import EH_CHOICES, POLICY_NAMES, StudySettings
+    from lisa_apps.training import METHODS
+
+    defaults = StudySettings()
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"smollm2-135m, tiny-llama, ... or a local folder (default {DEFAULT_MODEL})",
+    )  # fmt: skip
+    parser.add_argument("--data", default="math", help="'math' (generated) or a .jsonl file")
+    parser.add_argument(
+        "--methods", type=csv_choices(METHODS), default=METHODS,
+        help=f"comma list of {', '.join(METHODS)} (default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--policies", type=csv_choices(POLICY_NAMES), default=("uniform",),
+        help=f"LISA policies, comma list of {', '.join(POLICY_NAMES)} (default uniform); "
+        "each source's policy is derived once, on training batches",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=positive_int, default=defaults.seeds,
+        help=f"seeds 0..N-1 (default {defaults.seeds})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=positive_int, default=defaults.steps,
+        help=f"optimizer steps of every run (default {defaults.steps})",
+    )  # fmt: skip
+    add_output(parser, None, "runs.csv, summary.csv, loss.png, policies and one folder per run")
+    sweep = parser.add_argument_group("learning rates (chosen on a validation split of the training data)")
+    sweep.add_argument(
+        "--lr-factors", type=_csv_of(positive_float, "numbers > 0"), default=defaults.lr_factors,
+        help="each variant's sweep: its method's default rate times each factor (default "
+        f"{','.join(f'{f:g}' for f in defaults.lr_factors)})",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--tune-seeds", type=positive_int, default=None,
+        help="choose the rate on the first N seeds; later seeds run the chosen rate only "
+        "(default: every seed runs every rate)",
+    )  # fmt: skip
+    lisa = parser.add_argument_group(
+        "LISA knobs (the first value is the base; each further value adds a uniform-LISA variant)"
+    )
+    lisa.add_argument(
+        "--gammas", type=_csv_of(positive_int, "integers >= 1"), default=(DEFAULT_GAMMA,),
+        help=f"blocks per period (default {DEFAULT_GAMMA})",
+    )  # fmt: skip
+    lisa.add_argument(
+        "--intervals", type=_csv_of(positive_int, "integers >= 1"), default=(DEFAULT_INTERVAL,),
+        help=f"steps per period K (default {DEFAULT_INTERVAL})",
+    )  # fmt: skip
+    lisa.add_argument(
+        "--state-policies", type=csv_choices(STATE_POLICIES), default=("drop",),
+        help=f"optimizer state of blocks that leave, among {', '.join(STATE_POLICIES)} "
+        "(default drop)",
+    )  # fmt: skip
+    lisa.add_argument(
+        "--eh", type=csv_choices(EH_CHOICES), default=("trained",),
+        help="embedding and head trained every period or frozen (default trained)",
+    )  # fmt: skip
+    training = parser.add_argument_group("training and scoring")
+    training.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    training.add_argument(
+        "--max-length", type=positive_int, default=defaults.max_length, help="tokens per example"
+    )
+    training.add_argument(
+        "--lora-rank", type=positive_int, default=DEFAULT_LORA_RANK,
+        help=f"LoRA rank, alpha = 2 * rank (default {DEFAULT_LORA_RANK})",
+    )  # fmt: skip
+    for flag, what in (("--train-examples", "training examples"),
+                       ("--val-examples", "validation examples carved from the training data"),
+                       ("--test-examples", "held-out test examples (loss)")):  # fmt: skip
+        name = flag[2:].replace("-", "_")
+        training.add_argument(
+            flag, type=positive_int, default=getattr(defaults, name),
+            help=f"{what} (default {getattr(defaults, name)})",
+        )  # fmt: skip
+    training.add_argument(
+        "--accuracy-examples", type=nonnegative_int, default=None,
+        help="test problems whose greedy answer is scored (default: every test example; 0: "
+        "loss only)",
+    )  # fmt: skip
+    training.add_argument(
+        "--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
+        help="generation budget per answer",
+    )  # fmt: skip
+    sources = parser.add_argument_group("score sources")
+    sources.add_argument(
+        "--score-batches", type=positive_int, default=defaults.score_batches,
+        help=f"training batches the grad-norm and outlier sources read (default "
+        f"{defaults.score_batches})",
+    )  # fmt: skip
+    sources.add_argument(
+        "--outlier-threshold", type=positive_float, default=defaults.outlier_threshold,
+        help=f"M of the outlier source (default {defaults.outlier_threshold:g})",
+    )  # fmt: skip
+    sources.add_argument(
+        "--probe-steps", type=positive_int, default=defaults.probe_steps,
+        help=f"steps of each norm-ratio probe (default {defaults.probe_steps})",
+    )  # fmt: skip
+    sources.add_argument("--norm-kind", choices=NORM_KINDS, default=defaults.norm_kind,
+                         help=f"norm-ratio: norm kind (default {defaults.norm_kind})")  # fmt: skip
+    sources.add_argument("--norm-reduce", choices=REDUCTIONS, default=defaults.norm_reduce,
+                         help=f"norm-ratio: reduction (default {defaults.norm_reduce})")  # fmt: skip
+    add_runtime(parser, auto_precision=True)
+
+
+def prepare(args: argparse.Namespace) -> Callable[[], int]:
+    """Check every input without loading weights; return the study."""
+    from lisa_apps.models import inspect_model
+    from lisa_apps.study import StudyFolder, StudySettings
+
+    device = apply_runtime(args)
+    if "lisa" not in args.methods:
+        given = [flag for flag, value, default in (
+            ("--policies", args.policies, ("uniform",)), ("--gammas", len(args.gammas), 1),
+            ("--intervals", len(args.intervals), 1), ("--state-policies", args.state_policies, ("drop",)),
+            ("--eh", args.eh, ("trained",)),
+        ) if value != default]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to LISA; add lisa to --methods")
+    if args.tune_seeds is not None and args.tune_seeds > args.seeds:
+        raise ValueError(
+            f"--tune-seeds {args.tune_seeds} is more than --seeds {args.seeds}; use 1..{args.seeds}"
+        )
+    accuracy_examples = args.test_examples if args.accuracy_examples is None else args.accuracy_examples
+    if accuracy_examples > args.test_examples:
+        raise ValueError(
+            f"--accuracy-examples {accuracy_examples} is more than --test-examples "
+            f"{args.test_examples}; score at most the test examples"
+        )
+    info = inspect_model(args.model)
+    for gamma in args.gammas:
+        check_gamma(gamma, info.num_blocks, args.model, "--gammas")
+    load_data(args.data, split="test", num_examples=args.test_examples, seed=0)
+    pool = args.train_examples + args.val_examples if args.data == "math" else None
+    load_data(args.data, split="train", num_examples=pool, seed=0)
+    settings = StudySettings(
+        model=args.model, data=args.data, methods=args.methods, policies=args.policies,
+        seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
+        max_length=args.max_length, lr_factors=args.lr_factors, tune_seeds=args.tune_seeds,
+        gammas=args.gammas, intervals=args.intervals, state_policies=args.state_policies,
+        eh=args.eh, lora_rank=args.lora_rank, train_examples=args.train_examples,
+        val_examples=args.val_examples, test_examples=args.test_examples,
+        accuracy_examples=accuracy_examples, max_new_tokens=args.max_new_tokens,
+        score_batches=args.score_batches, outlier_threshold=args.outlier_threshold,
+        probe_steps=args.probe_steps, norm_kind=args.norm_kind, norm_reduce=args.norm_reduce,
+        device=str(device), precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )  # fmt: skip
+    variants = settings.variants()
+    folder = StudyFolder(args.out, settings.to_dict(), overwrite=args.overwrite).check()
+
+    def work() -> int:
+        import logging
+        import warnings
+
+        from lisa_apps.study import run_study
+
+        if not args.verbose:
+            # One line per run is the study's log; the per-step and per-switch logs of its many
+            # runs would bury it (-v shows them).
+            for name in ("lisa", "lisa_apps.training", "lisa_apps.data", "diagnostics"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        started = time.perf_counter()
+        planned = sum(len(settings.learning_rates(v)) for v in variants) * len(
+            settings.tuning_seeds
+        ) + len(variants) * (settings.seeds - len(settings.tuning_seeds))
+        print(
+            f"lisa study: {len(variants)} variants ({', '.join(v.name for v in variants)}) x "
+            f"{settings.seeds} seeds, {len(settings.lr_factors)} rates each"
+            + (f" on the first {len(settings.tuning_seeds)} seeds" if settings.tune_seeds else "")
+            + f": {planned} runs of {settings.steps} steps on {settings.model}"
+        )
+        result = run_study(settings, folder, log=print)
+        print(format_summary(result.summary))
+        skipped = len(result.runs) - result.trained
+        print(
+            f"trained {result.trained} runs"
+            + (f" ({skipped} were finished before and not trained again)" if skipped else "")
+            + f"; wrote {', '.join(result.files)} to {args.out} in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        return 0
+
+    return work
+
+
+def format_summary(summary) -> str:
+    """Test loss and accuracy per variant: mean [95% interval], and the paired difference."""
+    if summary.empty:
+        return "no finished runs"
+
+    def interval(row, prefix: str, pattern: str) -> str:
+        mean, low, high = row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"]
+        if mean != mean:  # NaN
+            return "-"
+        if low != low:
+            return format(mean, pattern)
+        return f"{mean:{pattern}} [{low:{pattern}}, {high:{pattern}}]"
+
+    lines = [f"{'variant':26}{'lr':>9}  {'test loss':28}{'accuracy':26}loss - uniform LISA"]
+    for _, row in summary.iterrows():
+        lines.append(
+            f"{row['variant']:26}{row['learning_rate']:>9.3g}  "
+            f"{interval(row, 'test_loss', '.4f'):28}{interval(row, 'test_accuracy', '.3f'):26}"
+            f"{interval(row, 'loss_diff', '+.4f')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""The study's figure: held-out loss of each variant at its chosen rate, seeds and 95% interval."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from diagnostics.files import atomic_write_bytes
+
+__all__ = ["plot_study"]
+
+
+def plot_study(runs: pd.DataFrame, summary: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """One row per variant: each seed's test loss (dots), the mean and its t interval (bar).
+
+    Args:
+        runs: runs.csv rows.
+        summary: summary.csv rows (chosen rate, mean and interval per variant).
+        path: the PNG to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = summary.reset_index(drop=True)
+    figure, axis = plt.subplots(figsize=(7.5, 0.45 * len(ordered) + 1.6))
+    for position, row in ordered.iterrows():
+        chosen = runs[
+            (runs["variant"] == row["variant"]) & (runs["learning_rate"] == row["learning_rate"])
+        ]
+        axis.scatter(chosen["test_loss"], [position] * len(chosen), s=14, color="0.55", zorder=2)
+        mean, low, high = row["test_loss_mean"], row["test_loss_low"], row["test_loss_high"]
+        if pd.notna(low):
+            axis.errorbar(mean, position, xerr=[[mean - low], [high - mean]], fmt="o",
+                          color="C0", capsize=4, zorder=3)  # fmt: skip
+        else:
+            axis.scatter([mean], [position], color="C0", zorder=3)
+    axis.set_yticks(range(len(ordered)))
+    axis.set_yticklabels(
+        [f"{v} (lr {lr:g})" for v, lr in zip(ordered["variant"], ordered["learning_rate"], strict=True)]
+    )
+    axis.invert_yaxis()
+    axis.set_xlabel("held-out loss (dots: seeds; bar: mean and 95% t interval)")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return atomic_write_bytes(Path(path), buffer.getvalue())

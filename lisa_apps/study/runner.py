@@ -1,0 +1,373 @@
+"""run_study(): train every run of the grid, write each as it finishes, choose rates, summarise.
+
+Order: first every variant at every rate of its sweep on the tuning seeds (seed by seed), then,
+once every rate is chosen, the other seeds at the chosen rates. A run is finished when its row
+is in ``runs.csv``: the row is appended (the file rewritten atomically) right after the run's
+folder ``runs/RUN_ID/`` is complete, so a crash or Ctrl-C loses at most the run in progress,
+whose partial folder is removed and redone when the same command runs again.
+
+The rate of a variant is the one with the lowest mean validation loss over the tuning seeds;
+the validation split is carved from the training data, and the test split is never used to
+choose anything. ``summary.csv`` reports, per variant at its chosen rate, the test scores over
+seeds and the paired difference to the reference LISA variant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from lisa_apps.study.folder import StudyFolder
+from lisa_apps.study.settings import StudySettings, Variant
+from lisa_apps.study.statistics import mean_interval, paired_difference
+
+__all__ = ["RUN_COLUMNS", "StudyResult", "choose_rates", "run_study", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+RUN_COLUMNS = (
+    "run_id", "variant", "method", "policy", "gamma", "interval", "state_policy", "train_eh",
+    "lora_rank", "seed", "learning_rate", "steps", "val_loss", "test_loss", "test_accuracy",
+    "num_scored", "train_loss_last", "seconds_per_step", "peak_memory_bytes",
+    "peak_memory_measure", "optimizer_state_bytes", "trainable_parameters", "wall_seconds",
+)  # fmt: skip
+# Variant columns shown in summary.csv before the statistics.
+SUMMARY_ID_COLUMNS = ("variant", "method", "policy", "gamma", "interval", "state_policy",
+                      "train_eh", "lora_rank")  # fmt: skip
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` produced (also in its folder).
+
+    Attributes:
+        runs: every finished run (runs.csv).
+        summary: per variant at its chosen rate (summary.csv).
+        chosen_rates: variant name -> learning rate chosen on the validation split.
+        trained: how many runs this call trained (the others were finished before).
+        files: names written into the folder.
+    """
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    chosen_rates: dict[str, float]
+    trained: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Run:
+    variant: Variant
+    seed: int
+    learning_rate: float
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.variant.name}-lr{self.learning_rate:g}-seed{self.seed}"
+
+
+def _read_runs(folder: StudyFolder) -> pd.DataFrame:
+    path = folder.path / "runs.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    return pd.read_csv(path)
+
+
+def _append_row(folder: StudyFolder, row: dict[str, Any]) -> None:
+    """Add one row to runs.csv: earlier rows are kept byte for byte, the file replaced atomically."""
+    path = folder.path / "runs.csv"
+    text = path.read_text() if path.is_file() else ",".join(RUN_COLUMNS) + "\n"
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(
+        ["" if _missing(row[c]) else row[c] for c in RUN_COLUMNS]
+    )
+    folder.write_text("runs.csv", text + line.getvalue())
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def choose_rates(runs: pd.DataFrame, tuning_seeds: tuple[int, ...]) -> dict[str, float]:
+    """variant -> the rate with the lowest mean validation loss over the tuning seeds.
+
+    Ties go to the smaller rate. Only runs of the tuning seeds count.
+
+    Example:
+        >>> runs = pd.DataFrame({"variant": ["ft"] * 4, "seed": [0, 0, 1, 1],
+        ...                      "learning_rate": [1e-5, 2e-5, 1e-5, 2e-5],
+        ...                      "val_loss": [0.5, 0.4, 0.5, 0.7]})
+        >>> choose_rates(runs, (0, 1))
+        {'ft': 1e-05}
+    """
+    tuning = runs[runs["seed"].isin(tuning_seeds)]
+    chosen = {}
+    for variant, frame in tuning.groupby("variant", sort=False):
+        means = frame.groupby("learning_rate")["val_loss"].mean().sort_index()
+        chosen[str(variant)] = float(means.idxmin())
+    return chosen
+
+
+def summarise(
+    runs: pd.DataFrame,
+    chosen_rates: dict[str, float],
+    reference: str | None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Per variant at its chosen rate: test loss and accuracy over seeds, costs, paired differences.
+
+    Columns: the variant's id columns, ``learning_rate``, ``num_seeds``; for ``test_loss`` and
+    ``test_accuracy``: ``_mean``, ``_std``, ``_low``, ``_high`` (Student-t interval over seeds);
+    the means of ``val_loss``, ``seconds_per_step``, ``peak_memory_bytes``,
+    ``optimizer_state_bytes`` and ``trainable_parameters``; and, against ``reference`` (paired by
+    seed): ``loss_diff_mean``, ``loss_diff_low``, ``loss_diff_high``, ``accuracy_diff_*``,
+    ``num_pairs``.
+    """
+    rows = []
+    chosen_runs = pd.concat(
+        [runs[(runs["variant"] == v) & (runs["learning_rate"] == r)] for v, r in chosen_rates.items()]
+        or [runs.iloc[0:0]]
+    )
+    by_seed = {
+        (variant, metric): dict(zip(frame["seed"].astype(int), frame[metric].astype(float), strict=True))
+        for variant, frame in chosen_runs.groupby("variant", sort=False)
+        for metric in ("test_loss", "test_accuracy")
+    }
+    for variant, frame in chosen_runs.groupby("variant", sort=False):
+        first = frame.iloc[0]
+        row: dict[str, Any] = {column: first[column] for column in SUMMARY_ID_COLUMNS}
+        row["learning_rate"] = chosen_rates[str(variant)]
+        row["num_seeds"] = int(frame["seed"].nunique())
+        for metric in ("test_loss", "test_accuracy"):
+            stats = mean_interval(frame[metric].astype(float), confidence)
+            for key in ("mean", "std", "low", "high"):
+                row[f"{metric}_{key}"] = stats[key]
+        for metric in ("val_loss", "seconds_per_step", "peak_memory_bytes",
+                       "optimizer_state_bytes", "trainable_parameters"):  # fmt: skip
+            row[f"{metric}_mean"] = float(frame[metric].astype(float).mean())
+        for metric, label in (("test_loss", "loss"), ("test_accuracy", "accuracy")):
+            if reference is not None and (reference, metric) in by_seed:
+                diff = paired_difference(
+                    by_seed[(variant, metric)], by_seed[(reference, metric)], confidence
+                )
+            else:
+                diff = {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan}
+            row[f"{label}_diff_mean"] = diff["mean"]
+            row[f"{label}_diff_low"] = diff["low"]
+            row[f"{label}_diff_high"] = diff["high"]
+            row["num_pairs"] = diff["n"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_study(
+    settings: StudySettings,
+    folder: StudyFolder,
+    *,
+    log: Callable[[str], None] = print,
+    plot: bool = True,
+) -> StudyResult:
+    """Train every unfinished run of ``settings``' grid into ``folder`` and summarise.
+
+    Args:
+        settings: the study.
+        folder: a checked :class:`StudyFolder` (new, or the same study to resume).
+        log: where progress lines go (the CLI prints them).
+        plot: draw ``loss.png`` (held-out loss per variant with its interval).
+
+    Returns:
+        A :class:`StudyResult`.
+    """
+    from diagnostics.runtime import resolve_device
+    from lisa_apps.data import DataCollator, load_examples, tokenize_examples
+    from lisa_apps.models import load_tokenizer
+    from lisa_apps.study.policies import study_policies
+    from lisa_apps.training import resolve_precision
+
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+    pool = load_examples(
+        settings.data, split="train", num_examples=settings.train_examples + settings.val_examples
+        if settings.data == "math" else None, seed=0,
+    )  # fmt: skip
+    if len(pool) <= settings.val_examples:
+        raise ValueError(
+            f"{settings.data}: {len(pool)} training examples cannot give {settings.val_examples} "
+            "validation examples and still train; lower val_examples"
+        )
+    # The validation split is carved from the training data: the last val_examples of it.
+    train, validation = pool[: -settings.val_examples], pool[-settings.val_examples :]
+    if settings.data != "math":
+        train = train[: settings.train_examples]
+    test = load_examples(settings.data, split="test", num_examples=settings.test_examples, seed=0)
+    data = {"train": train, "validation": validation, "test": test}
+
+    with folder:
+        finished = _read_runs(folder)
+        done = set(finished["run_id"].astype(str))
+        if folder.resuming and done:
+            log(f"resuming {folder.path}: {len(done)} finished runs are kept and not trained again")
+        tokenizer = load_tokenizer(settings.model)
+        collate = DataCollator(tokenizer)
+        train_features = tokenize_examples(train, tokenizer, max_length=settings.max_length)
+        val_features = tokenize_examples(validation, tokenizer, max_length=settings.max_length)
+        policies = study_policies(
+            settings, train_features, collate, folder, device=device, precision=precision, log=log
+        )
+        folder.write_json("settings.json", settings.to_dict() | {
+            "num_train": len(train), "num_validation": len(validation), "num_test": len(test),
+            "precision_resolved": precision, "device_resolved": str(device),
+        })  # fmt: skip
+
+        variants = settings.variants()
+        tuning = [_Run(v, s, r) for s in settings.tuning_seeds for v in variants
+                  for r in settings.learning_rates(v)]  # fmt: skip
+        trained = 0
+        rows = finished
+        reference = settings.base_lisa.name if "lisa" in settings.methods else None
+
+        def train_all(plan: list[_Run]) -> None:
+            nonlocal rows, trained
+            todo = [run for run in plan if run.run_id not in done]
+            if len(todo) < len(plan):
+                log(f"skipping {len(plan) - len(todo)} finished runs of this phase")
+            for number, run in enumerate(todo, 1):
+                row = _train_one(settings, run, data, val_features, policies, folder, device)
+                _append_row(folder, row)
+                rows = _read_runs(folder)
+                done.add(run.run_id)
+                trained += 1
+                accuracy = row["test_accuracy"]
+                log(
+                    f"[{number}/{len(todo)}] {run.run_id}: val loss {row['val_loss']:.4f}, test "
+                    f"loss {row['test_loss']:.4f}, accuracy "
+                    f"{'-' if pd.isna(accuracy) else format(accuracy, '.3f')}, "
+                    f"{row['seconds_per_step']:.2f} s/step ({row['wall_seconds']:.0f} s)"
+                )
+                chosen = choose_rates(rows, settings.tuning_seeds)
+                summary = summarise(rows, chosen, reference)
+                folder.write_text("summary.csv", summary.to_csv(index=False))
+
+        train_all(tuning)
+        chosen = choose_rates(rows, settings.tuning_seeds)
+        later = [_Run(v, s, chosen[v.name]) for s in settings.seed_list[len(settings.tuning_seeds):]
+                 for v in variants]  # fmt: skip
+        if later:
+            log("chosen rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+        train_all(later)
+        summary = summarise(rows, chosen, reference)
+        folder.write_text("summary.csv", summary.to_csv(index=False))
+        if not (folder.path / "runs.csv").is_file():
+            folder.write_text("runs.csv", ",".join(RUN_COLUMNS) + "\n")
+        files = ["runs.csv", "summary.csv"]
+        if plot and len(summary):
+            from lisa_apps.study.plot import plot_study
+
+            plot_study(rows, summary, folder.file("loss.png"))
+            files.append("loss.png")
+    return StudyResult(rows, summary, chosen, trained, files)
+
+
+def _lisa_config(settings: StudySettings, run: _Run, policies):
+    from dataclasses import replace
+
+    from lisa.config import LisaConfig
+
+    variant = run.variant
+    if variant.policy == "uniform":
+        return LisaConfig(
+            gamma=variant.gamma, interval=variant.interval, sampler="uniform", seed=run.seed,
+            state_policy=variant.state_policy, train_embeddings=variant.train_eh,
+            train_head=variant.train_eh,
+        )  # fmt: skip
+    config = policies[variant.policy].to_lisa_config(
+        interval=variant.interval, seed=run.seed, state_policy=variant.state_policy
+    )
+    return replace(config, train_embeddings=variant.train_eh, train_head=variant.train_eh)
+
+
+def _train_one(settings, run: _Run, data, val_features, policies, folder, device) -> dict:
+    """Train one run into runs/RUN_ID/ and return its runs.csv row."""
+    from lisa_apps.data import DataCollator
+    from lisa_apps.models import load_model
+    from lisa_apps.training import FinetuneConfig, evaluate_loss, finetune, generate_answers
+
+    started = time.perf_counter()
+    variant = run.variant
+    name = f"runs/{run.run_id}"
+    partial = folder.path / name
+    if partial.exists():  # an interrupted attempt: start it again from nothing
+        shutil.rmtree(partial)
+    run_folder = folder.subfolder(name)
+    model, tokenizer = load_model(settings.model, seed=run.seed)
+    config = FinetuneConfig(
+        method=variant.method,
+        steps=settings.steps,
+        learning_rate=run.learning_rate,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        seed=run.seed,
+        lora_rank=settings.lora_rank,
+        lisa=_lisa_config(settings, run, policies) if variant.method == "lisa" else None,
+        max_new_tokens=settings.max_new_tokens,
+        score_accuracy=False,  # scored below on the first accuracy_examples test problems
+        device=str(device),
+        precision=settings.precision,
+        gradient_checkpointing=settings.gradient_checkpointing,
+    )
+    result = finetune(
+        model, tokenizer, data["train"], data["test"], config, out_dir=run_folder,
+        save_model=False, progress=False, evaluate_before=False,
+    )  # fmt: skip
+    metrics = result.metrics
+    val_loss = evaluate_loss(
+        result.model, val_features, DataCollator(tokenizer), batch_size=config.eval_batch_size
+    )
+    accuracy, num_scored = math.nan, 0
+    if settings.accuracy_examples:
+        problems = data["test"][: settings.accuracy_examples]
+        predictions = generate_answers(
+            result.model, tokenizer, problems, batch_size=len(problems),
+            max_new_tokens=settings.max_new_tokens,
+        )  # fmt: skip
+        scored = predictions["correct"].dropna()
+        num_scored = len(scored)
+        accuracy = float(scored.astype(bool).mean()) if num_scored else math.nan
+        buffer = io.StringIO()
+        predictions.to_csv(buffer, index=False)
+        run_folder.write_text("predictions.csv", buffer.getvalue())
+    row = {
+        "run_id": run.run_id,
+        **variant_row(variant),
+        "seed": run.seed,
+        "learning_rate": run.learning_rate,
+        "steps": settings.steps,
+        "val_loss": val_loss,
+        "test_loss": metrics["after"]["eval_loss"],
+        "test_accuracy": accuracy,
+        "num_scored": num_scored,
+        "train_loss_last": metrics["train_loss_last"],
+        "seconds_per_step": metrics["seconds_per_step"],
+        "peak_memory_bytes": metrics["peak_memory_bytes"],
+        "peak_memory_measure": metrics["peak_memory_measure"],
+        "optimizer_state_bytes": metrics["optimizer_state_bytes"],
+        "trainable_parameters": metrics["trainable_parameters"],
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+    run_folder.write_json("study-row.json", row)
+    run_folder.close()
+    return row
+
+
+def variant_row(variant: Variant) -> dict[str, Any]:
+    """The id columns of a variant in runs.csv."""
+    return variant.row()

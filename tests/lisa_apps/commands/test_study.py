@@ -1,0 +1,79 @@
+"""`lisa study`: the issue's command as written, its resumption, and refused inputs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from diagnostics.policy import SamplingPolicy
+from lisa_apps.cli import main
+from lisa_apps.study import RUN_COLUMNS
+
+ISSUE_COMMAND = ["study", "--model", "tiny-llama", "--methods", "ft,lora,lisa",
+                 "--policies", "uniform,grad-norm", "--seeds", "2", "--steps", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "out"
+    assert main([*ISSUE_COMMAND, "--out", str(out)]) == 0
+    return out
+
+
+def test_the_issue_command_writes_runs_summary_plot_and_policy(studied):
+    runs = pd.read_csv(studied / "runs.csv")
+    assert list(runs.columns) == list(RUN_COLUMNS)
+    # 4 variants x 2 seeds x 3 rates (the default sweep: 0.5, 1 and 2 times the default rate)
+    assert len(runs) == 24 and set(runs["seed"]) == {0, 1}
+    assert set(runs["variant"]) == {"ft", "lora-r8", "lisa-uniform", "lisa-grad-norm"}
+    assert runs["test_loss"].notna().all() and runs["val_loss"].notna().all()
+    assert (runs["num_scored"] == 32).all() and runs["optimizer_state_bytes"].gt(0).all()
+    summary = pd.read_csv(studied / "summary.csv").set_index("variant")
+    assert sorted(summary.index) == ["ft", "lisa-grad-norm", "lisa-uniform", "lora-r8"]
+    for column in ("test_loss_mean", "test_loss_std", "test_loss_low", "test_loss_high",
+                   "test_accuracy_mean", "loss_diff_mean", "loss_diff_low", "loss_diff_high"):  # fmt: skip
+        assert summary[column].notna().all(), column
+    assert (summary["num_seeds"] == 2).all() and (summary.loc["lisa-uniform", "loss_diff_mean"] == 0)
+    policy = SamplingPolicy.from_json(studied / "policies" / "grad-norm.json")
+    assert policy.provenance["score_source"] == "grad-norm" and policy.gamma == 2
+    assert (studied / "loss.png").stat().st_size > 0
+    for run_id in runs["run_id"]:
+        assert (studied / "runs" / run_id / "metrics.json").is_file()
+
+
+def test_the_same_command_again_trains_nothing_and_says_so(studied, capsys):
+    before = (studied / "runs.csv").read_text()
+    assert main([*ISSUE_COMMAND, "--out", str(studied)]) == 0
+    out = capsys.readouterr().out
+    assert "24 finished runs are kept and not trained again" in out
+    assert "trained 0 runs (24 were finished before" in out
+    assert (studied / "runs.csv").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "3"], "holds a study with other settings (seeds: 2 there, 3 now)"),
+        (["--gammas", "2,9"], "--gammas 9 is more than the 4 blocks of tiny-llama"),
+        (["--tune-seeds", "3"], "--tune-seeds 3 is more than --seeds 2"),
+        (["--accuracy-examples", "40"], "--accuracy-examples 40 is more than --test-examples 32"),
+        (["--lr-factors", "1,-2"], "argument --lr-factors: must be a number > 0, got -2"),
+        (["--policies", "uniform,grad"], "argument --policies: grad not among"),
+    ],
+)
+def test_bad_inputs_are_refused_before_any_work(studied, capsys, extra, message):
+    command = [*ISSUE_COMMAND, "--out", str(studied)]
+    if extra[0] in command:
+        index = command.index(extra[0])
+        command[index : index + 2] = extra
+    else:
+        command += extra
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lisa study: error:") and message in err and err.count("\n") == 1
+
+
+def test_a_non_lisa_study_refuses_lisa_flags(tmp_path, capsys):
+    assert main(["study", "--model", "tiny-llama", "--methods", "ft", "--policies", "grad-norm",
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "--policies apply to LISA; add lisa to --methods" in capsys.readouterr().err
