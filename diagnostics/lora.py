@@ -8,7 +8,7 @@ from torch import nn
 from lisa.defaults import DEFAULT_LORA_RANK, default_lora_alpha
 from lisa.layers import LayerMap
 
-__all__ = ["lora_target_modules", "wrap_lora"]
+__all__ = ["embedding_and_head_modules", "lora_target_modules", "wrap_lora"]
 
 
 def lora_target_modules(model: nn.Module, layer_map: LayerMap | None = None) -> list[str]:
@@ -37,6 +37,32 @@ def lora_target_modules(model: nn.Module, layer_map: LayerMap | None = None) -> 
     return names
 
 
+def embedding_and_head_modules(model: nn.Module, layer_map: LayerMap | None = None) -> list[str]:
+    """Full names of the modules that hold E and H (peft ``modules_to_save``).
+
+    The embedding modules own the ``embed`` group's parameters (GPT-2: token and position
+    embeddings); the head is the model's output embedding, listed even when it is tied to E.
+
+    Example:
+        >>> from lisa_apps.tiny import build_tiny_model
+        >>> embedding_and_head_modules(build_tiny_model("tiny-llama", num_blocks=1))
+        ['model.embed_tokens', 'lm_head']
+    """
+    layer_map = layer_map or LayerMap.from_model(model)
+    names = [name.rsplit(".", 1)[0] for name, _ in layer_map.parameters("embed")]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_name = next((n for n, m in model.named_modules() if m is head), None) if head else None
+    if head_name is None:
+        head_name = next(
+            (name.rsplit(".", 1)[0] for name, _ in layer_map.parameters("head")), None
+        )
+    if head_name is not None and head_name not in names:
+        names.append(head_name)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no embedding or head module to train")
+    return list(dict.fromkeys(names))
+
+
 def wrap_lora(
     model: nn.Module,
     *,
@@ -45,12 +71,17 @@ def wrap_lora(
     dropout: float = 0.0,
     seed: int = 0,
     layer_map: LayerMap | None = None,
+    train_embeddings_and_head: bool = False,
 ):
     """Wrap a causal LM with LoRA adapters on every linear layer of its blocks (peft).
 
     The update of each adapted weight is (alpha / rank) * B @ A; B starts at zero, so the
     wrapped model first computes exactly what the base model does. Used by the LoRA probe, the
     LoRA runs of ``lisa train`` and the benchmarks, so all of them adapt the same layers.
+
+    With ``train_embeddings_and_head`` the embedding (E) and output head (H) also train in
+    full, through peft's ``modules_to_save`` (a trainable copy of each module runs in place of
+    the frozen original; on a tied model ``ensure_weight_tying`` keeps E and H one matrix).
 
     Args:
         model: the causal LM (wrapped in place, as peft does).
@@ -59,14 +90,23 @@ def wrap_lora(
         dropout: dropout on the adapters' input.
         seed: seeds A's initialisation on a forked RNG (the caller's RNG is untouched).
         layer_map: the model's LayerMap, if already built.
+        train_embeddings_and_head: also train E and H in full (peft ``modules_to_save``).
 
     Returns:
-        The peft model; only adapter weights require grad.
+        The peft model; only adapter weights (and with ``train_embeddings_and_head`` the copies
+        of E and H) require grad.
     """
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
+    layer_map = layer_map or LayerMap.from_model(model)
     targets = lora_target_modules(model, layer_map)
+    extra = {}
+    if train_embeddings_and_head:
+        extra = {
+            "modules_to_save": embedding_and_head_modules(model, layer_map),
+            "ensure_weight_tying": layer_map.tied,
+        }
     config = LoraConfig(
         r=rank,
         lora_alpha=default_lora_alpha(rank) if alpha is None else alpha,
@@ -76,6 +116,7 @@ def wrap_lora(
         fan_in_fan_out=any(isinstance(model.get_submodule(n), Conv1D) for n in targets),
         bias="none",
         task_type="CAUSAL_LM",
+        **extra,
     )
     # peft draws A from torch's global generator; seed it without leaking into the caller's.
     with torch.random.fork_rng(devices=[]):

@@ -46,6 +46,8 @@ REDUCTIONS: tuple[str, ...] = ("l2", "rms")
 # `.base_layer`; stripping both maps a peft parameter name to the plain model's name.
 _PEFT_PREFIX = "base_model.model."
 _BASE_LAYER = ".base_layer"
+# peft's modules_to_save wrapper keeps the frozen original beside the trained copy it runs.
+_MODULES_TO_SAVE_ORIGINAL = ".original_module."
 # Row length of the two-level sum of squares in _squared_norm (accuracy vs speed, measured).
 _ROW = 2048
 
@@ -249,6 +251,8 @@ def _group_terms(
             continue
         if id(parameter) in adapter_ids:
             continue  # counted through the module they adapt
+        if _MODULES_TO_SAVE_ORIGINAL in name:
+            continue  # peft modules_to_save: the forward pass uses the trained copy, not this
         module = lora_layers.get(id(parameter))
         if kind == "weight":
             if module is None:

@@ -38,7 +38,9 @@ __all__ = ["PROBE_METHODS", "run_probe"]
 
 logger = logging.getLogger(__name__)
 
-PROBE_METHODS = ("lora", "ft")
+# "lora-eh": LoRA whose embedding and head also train in full (peft modules_to_save).
+PROBE_METHODS = ("lora", "ft", "lora-eh")
+_LORA_PROBES = ("lora", "lora-eh")
 # Label id that the loss skips (prompt and padding tokens), as in lisa_apps.data.
 _IGNORE_INDEX = -100
 
@@ -49,7 +51,7 @@ Collate = Callable[[list], Mapping[str, torch.Tensor]]
 def run_probe(
     model: nn.Module | Callable[[], nn.Module],
     features: Features,
-    method: Literal["lora", "ft"] = "lora",
+    method: Literal["lora", "ft", "lora-eh"] = "lora",
     *,
     collate: Collate,
     steps: int = 30,
@@ -79,12 +81,14 @@ def run_probe(
         model: a causal LM (plain, not peft-wrapped), trained in place; or a zero-argument
             function that builds one, so the probe owns (and then drops) the only copy.
         features: tokenized examples ("input_ids", "attention_mask", "labels").
-        method: "lora" (peft adapters on every block linear layer, adapters only train) or
-            "ft" (all parameters).
+        method: "lora" (peft adapters on every block linear layer, adapters only train),
+            "ft" (all parameters) or "lora-eh" (the adapters, and the embedding and head in
+            full through peft ``modules_to_save``).
         collate: turns a list of features into a batch of tensors (e.g.
             ``lisa_apps.data.DataCollator(tokenizer)``).
         steps: optimizer steps.
-        lr: AdamW learning rate; None takes ``lisa.defaults.DEFAULT_LEARNING_RATES[method]``.
+        lr: AdamW learning rate; None takes ``lisa.defaults.DEFAULT_LEARNING_RATES[method]``
+            (LoRA's for "lora-eh").
         lora_rank: LoRA rank r.
         lora_alpha: LoRA alpha; None takes ``lisa.defaults.default_lora_alpha(r)``.
         batch_size: sequences per step.
@@ -128,7 +132,8 @@ def run_probe(
     check_int("batch_size", batch_size)
     check_int("lora_rank", lora_rank)
     check_int("record_every", record_every)
-    lr = check_positive_float("lr", DEFAULT_LEARNING_RATES[method] if lr is None else lr)
+    default_lr = DEFAULT_LEARNING_RATES["lora" if method in _LORA_PROBES else method]
+    lr = check_positive_float("lr", default_lr if lr is None else lr)
     alpha = default_lora_alpha(lora_rank) if lora_alpha is None else lora_alpha
     check_positive_float("lora_alpha", alpha)
     if not features or "input_ids" not in features[0]:
@@ -152,8 +157,11 @@ def run_probe(
         gradient_checkpointing=gradient_checkpointing,
     )
     layer_map = LayerMap.from_model(trained)
-    if method == "lora":
-        trained = wrap_lora(trained, rank=lora_rank, alpha=alpha, seed=seed, layer_map=layer_map)
+    if method in _LORA_PROBES:
+        trained = wrap_lora(
+            trained, rank=lora_rank, alpha=alpha, seed=seed, layer_map=layer_map,
+            train_embeddings_and_head=method == "lora-eh",
+        )  # fmt: skip
         layer_map = LayerMap.from_model(trained)
     else:
         for parameter in trained.parameters():
@@ -182,12 +190,13 @@ def run_probe(
         method=method,
         path=path,
         layer_map=layer_map,
+        reference=_lora_eh_reference(trained) if method == "lora-eh" and "delta" in kinds else None,
         settings={
             "method": method,
             "steps": steps,
             "lr": lr,
-            "lora_rank": lora_rank if method == "lora" else None,
-            "lora_alpha": alpha if method == "lora" else None,
+            "lora_rank": lora_rank if method in _LORA_PROBES else None,
+            "lora_alpha": alpha if method in _LORA_PROBES else None,
             "batch_size": batch_size,
             "seed": seed,
             "weight_decay": weight_decay,
@@ -252,7 +261,7 @@ def _check_distributed(distributed: str | None, method: str, batch_size: int) ->
             f"distributed={distributed!r} needs an initialised process group (start with "
             "torchrun and call torch.distributed.init_process_group)"
         )
-    if distributed == "fsdp2" and method == "lora":
+    if distributed == "fsdp2" and method in _LORA_PROBES:
         raise ValueError(
             "the LoRA probe trains small adapters over a frozen model; run it with "
             "distributed='ddp' (FSDP2 is for the FT probe)"
@@ -288,3 +297,16 @@ def _global_token_mean_step(forward, batch, device, precision: str, world: int) 
     total = local_sum.detach().float()
     torch.distributed.all_reduce(total)
     return total / count
+
+
+def _lora_eh_reference(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Step-0 tensors for kind "delta" of a LoRA model whose E and H copies also train.
+
+    The trained copies of E and H are cloned; every other parameter is frozen (or a LoRA
+    adapter, measured through its module), so the live tensor itself is its step-0 value and
+    costs no memory.
+    """
+    return {
+        name: parameter.detach().clone() if parameter.requires_grad else parameter.detach()
+        for name, parameter in model.named_parameters()
+    }

@@ -59,6 +59,8 @@ class DiagnoseSettings:
         device, precision, gradient_checkpointing: where and how the probes train (see
             :mod:`diagnostics.runtime`).
         progress: show progress bars.
+        probes: the probes to run: "lora" and "ft" (the policy's ratio needs both), plus
+            "lora-eh" for LoRA whose embedding and head also train in full (at ``lr_lora``).
         distributed: None (one process), or under torchrun "fsdp2" (the FT probe sharded
             with FSDP2, the LoRA probe replicated with DDP) or "ddp" (both probes with DDP);
             ``batch_size`` is then the global batch and rank 0 alone writes the files.
@@ -83,6 +85,7 @@ class DiagnoseSettings:
     gradient_checkpointing: bool = False
     progress: bool = True
     distributed: str | None = None
+    probes: tuple[str, ...] = ("lora", "ft")
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "gamma", "batch_size", "record_every"):
@@ -106,6 +109,14 @@ class DiagnoseSettings:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}")
+        object.__setattr__(self, "probes", tuple(self.probes))
+        unknown = [p for p in self.probes if p not in PROBE_METHODS]
+        if unknown or len(set(self.probes)) != len(self.probes):
+            raise ValueError(f"probes={self.probes!r}: choose each of {PROBE_METHODS} at most once")
+        if not {"lora", "ft"} <= set(self.probes):
+            raise ValueError(
+                f"probes={self.probes!r} must include 'lora' and 'ft': the policy is their ratio"
+            )
         if self.distributed not in (None, "ddp", "fsdp2"):
             raise ValueError(f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'")
 
@@ -250,7 +261,7 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
     collate = DataCollator(tokenizer)
     tables, probe_records, losses, seconds, peaks = [], {}, {}, {}, {}
     layer_map_facts = None
-    for method in PROBE_METHODS:
+    for method in settings.probes:
         probe_started = time.perf_counter()
         partial = None
         if folder is not None:
@@ -283,7 +294,7 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
                 method,
                 collate=collate,
                 steps=settings.steps,
-                lr=settings.lr_lora if method == "lora" else settings.lr_ft,
+                lr=settings.lr_ft if method == "ft" else settings.lr_lora,
                 lora_rank=settings.rank,
                 batch_size=settings.batch_size,
                 record_every=settings.record_every,
