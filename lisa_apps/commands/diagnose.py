@@ -108,6 +108,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="norm kind the policy is derived from (default: the first of --kinds)",
     )
     parser.add_argument("--record-every", type=positive_int, default=1)
+    parser.add_argument(
+        "--probes",
+        type=csv_choices(("lora", "ft", "lora-eh")),
+        default=("lora", "ft"),
+        help="probes to run: lora,ft (default) and lora-eh (LoRA whose embedding and head also "
+        "train in full, at --lr-lora; see docs/sources.md)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_runtime(parser, auto_precision=True)
     add_distributed(
@@ -133,6 +140,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             f"--policy-kind {args.policy_kind} is not among --kinds {','.join(args.kinds)}; "
             "record it too"
         )
+    if not {"lora", "ft"} <= set(args.probes):
+        raise ValueError(
+            f"--probes {','.join(args.probes)} must include lora and ft: the policy is the ratio "
+            "of their norms"
+        )
     settings = DiagnoseSettings(
         steps=args.steps,
         lr_lora=args.lr_lora,
@@ -153,6 +165,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         gradient_checkpointing=args.gradient_checkpointing,
         progress=not args.no_progress,
         distributed=args.distributed,
+        probes=args.probes,
     )
     if args.floor * info.num_blocks > args.gamma + 1e-12:
         raise ValueError(
@@ -205,7 +218,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             )
         if not main_rank:
             return 0
-        for method in ("lora", "ft"):
+        for method in diagnosis.losses:
             losses = diagnosis.losses[method]
             print(
                 f"{method} probe: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "

@@ -134,3 +134,75 @@ def test_lora_probe_on_gpt2_conv1d_layers(tiny_gpt2, features):
     table = probe(tiny_gpt2(), features, "lora", steps=2, lr=1e-2, kinds=("weight", "delta"))
     delta = table[table["kind"] == "delta"].set_index(["step", "group"])["norm"]
     assert delta.loc[0].eq(0.0).all() and (delta.loc[2][[f"block.{i}" for i in range(4)]] > 0).all()
+
+
+# -- the LoRA-EH probe: LoRA whose embedding and head also train in full ----------------------
+
+
+def test_lora_eh_probe_trains_adapters_and_copies_of_e_and_h_only(tiny_llama, features):
+    model = tiny_llama()
+    originals = [(p, p.detach().clone()) for p in model.parameters()]  # peft renames, not copies
+    table = probe(model, features, "lora-eh", steps=STEPS, lr=1e-2, batch_size=4,
+                  kinds=("weight", "trainable", "delta"), reduce=("l2", "rms"))  # fmt: skip
+    delta = table[(table["kind"] == "delta") & (table["reduce"] == "l2")]
+    last = delta[delta["step"] == STEPS].set_index("group")["norm"]
+    assert last["embed"] > 0 and last["head"] > 0 and (last.filter(like="block.") > 0).all()
+    assert last["extras"] == 0.0  # the final norm stays frozen
+    for parameter, before in originals:  # the frozen originals under the E and H copies too
+        assert torch.equal(parameter, before)
+    trainable = table[(table["kind"] == "trainable") & (table["step"] == 0)]
+    assert {"embed", "head"} <= set(trainable["group"])
+
+
+def test_lora_eh_weight_norms_count_the_running_copy_once(tiny_llama):
+    from diagnostics.lora import wrap_lora
+    from diagnostics.norms import layer_norms
+
+    for tie in (False, True):
+        model = tiny_llama(tie=tie)
+        plain = layer_norms(model, kind="weight", reduce="rms")
+        wrapped = wrap_lora(model, rank=2, train_embeddings_and_head=True)
+        assert layer_norms(wrapped, kind="weight", reduce="rms").to_dict() == pytest.approx(
+            plain.to_dict(), rel=1e-6
+        )
+
+
+def test_lora_eh_keeps_a_tied_embedding_and_head_one_matrix(tiny_llama):
+    from diagnostics.lora import wrap_lora
+
+    wrapped = wrap_lora(tiny_llama(tie=True), rank=2, train_embeddings_and_head=True)
+    embed = wrapped.get_input_embeddings()
+    head = wrapped.get_output_embeddings()
+    trained = [p for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert len(trained) == 1  # one trainable copy serves as E and as H
+    with torch.no_grad():
+        trained[0].add_(1.0)
+    ids = torch.tensor([[3, 5]])
+    assert torch.equal(embed(ids), trained[0][ids])
+    assert torch.equal(head.weight if hasattr(head, "weight") else head.modules_to_save["default"].weight,
+                       trained[0])  # fmt: skip
+
+
+def test_diagnose_runs_the_lora_eh_probe_beside_lora_and_ft_when_asked(tmp_path):
+    from lisa_apps.data import make_math_problems
+    from lisa_apps.models import load_model
+    from lisa_apps.pipeline import DiagnoseSettings, diagnose
+
+    _, tokenizer = load_model("tiny-llama")
+    settings = DiagnoseSettings(steps=1, batch_size=1, max_length=384, rank=2, progress=False,
+                                probes=("lora", "ft", "lora-eh"))  # fmt: skip
+    diagnosis = diagnose("tiny-llama", tokenizer, make_math_problems(2), tmp_path / "d", settings)
+    assert set(diagnosis.table["method"]) == {"lora", "ft", "lora-eh"}
+    assert set(diagnosis.summary["method"]) == {"lora", "ft", "lora-eh"}
+    assert diagnosis.policy.provenance["score_source"] == "norm-ratio"
+    with pytest.raises(ValueError, match="must include 'lora' and 'ft'"):
+        DiagnoseSettings(probes=("lora-eh", "ft"))
+
+
+def test_lisa_diagnose_refuses_probes_without_lora_and_ft(tmp_path, capsys):
+    from lisa_apps.cli import main
+
+    assert main(["diagnose", "--model", "tiny-llama", "--probes", "lora-eh,ft",
+                 "--out", str(tmp_path / "d")]) == 2  # fmt: skip
+    assert "--probes lora-eh,ft must include lora and ft" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
