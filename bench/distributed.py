@@ -11,7 +11,8 @@ and the median step time.
 
 Settings: FT and LISA (gamma 2, K 5, state policy drop) under DDP and FSDP2
 (lisa.distributed.shard_model), plus FT under DDP with find_unused_parameters=True to price
-that flag (LISA under DDP needs it; FT does not).
+that flag (LISA under DDP needs it; FT does not). Step times of separate runs are noisy on a
+shared machine, so the flag's cost is also timed with two DDP copies stepping in turns.
 
     .venv/bin/python -m bench.distributed --nproc 2            # 12 x 512 on 2 CPU ranks, ~3 min
     .venv/bin/python -m bench.distributed --nproc 2 --quick    # 4 tiny blocks, seconds
@@ -120,8 +121,56 @@ def measure_setting(
     return figures
 
 
-def rank_body(rank: int, world: int, port: int, args, folder: str, settings: list[int]) -> None:
-    """One rank: join the group, measure the given settings, save this rank's figures."""
+def measure_find_unused_cost(args, device) -> dict:
+    """Median FT step under DDP without and with find_unused_parameters, steps interleaved.
+
+    Two copies of the model, one wrapped each way, take turns step by step (which goes first
+    alternates), so that load from other jobs falls on both alike.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank = torch.distributed.get_rank()
+    runs = {}
+    for find_unused in (False, True):
+        model = build_bench_llama(args.shape, max_positions=args.seq_len, seed=args.seed)
+        model.to(device).train()
+        wrapped = DistributedDataParallel(
+            model,
+            device_ids=None if device.type == "cpu" else [device],
+            find_unused_parameters=find_unused,
+        )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        runs[find_unused] = (wrapped, optimizer, [])
+    batches = make_batches(args.steps, 1, args.seq_len, args.shape.vocab, args.seed + rank)
+    for step, batch in enumerate(batches):
+        batch = batch.to(device)
+        for find_unused in (step % 2 == 0, step % 2 != 0):
+            wrapped, optimizer, seconds = runs[find_unused]
+            start = time.perf_counter()
+            wrapped(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - start)
+    return {
+        "rank": rank,
+        "median_step_seconds": {
+            str(flag).lower(): statistics.median(seconds[2:] or seconds)
+            for flag, (_, _, seconds) in runs.items()
+        },
+    }
+
+
+def cost_body(rank: int, world: int, port: int, args, folder: str) -> None:
+    """One rank of the interleaved find_unused_parameters measurement."""
+    device = _join(rank, world, port, args)
+    figures = measure_find_unused_cost(args, device)
+    Path(folder, f"find-unused-rank{rank}.json").write_text(json.dumps(figures))
+    torch.distributed.destroy_process_group()
+
+
+def _join(rank: int, world: int, port: int, args) -> torch.device:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
@@ -134,6 +183,12 @@ def rank_body(rank: int, world: int, port: int, args, folder: str, settings: lis
         torch.cuda.set_device(device)
         backend = "nccl"
     torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+    return device
+
+
+def rank_body(rank: int, world: int, port: int, args, folder: str, settings: list[int]) -> None:
+    """One rank: join the group, measure the given settings, save this rank's figures."""
+    device = _join(rank, world, port, args)
     for setting in settings:
         label, engine, method, find_unused = SETTINGS[setting]
         figures = measure_setting(label, engine, method, find_unused, args, device)
@@ -205,6 +260,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--quick", action="store_true", help="4 tiny blocks (hidden 64)")
     parser.add_argument(
+        "--skip-find-unused-cost",
+        action="store_true",
+        help="skip the interleaved timing of DDP's find_unused_parameters",
+    )
+    parser.add_argument(
         "--same-processes",
         action="store_true",
         help="every setting in one set of ranks: faster, but a peak then includes what earlier "
@@ -250,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for rank in range(args.nproc)
         ]
+        cost = None
+        if not args.skip_find_unused_cost:
+            mp.start_processes(
+                cost_body, args=(args.nproc, _free_port(), args, folder), nprocs=args.nproc,
+                start_method="spawn",
+            )  # fmt: skip
+            cost = json.loads(Path(folder, "find-unused-rank0.json").read_text())
     wall = time.perf_counter() - started
     shape = args.shape
     backend = "NCCL" if args.device == "cuda" else f"gloo, {args.threads} torch thread per rank"
@@ -264,12 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     print(tables(results))
     print()
     print(summary(results))
+    if cost is not None:
+        without, with_search = (cost["median_step_seconds"][k] for k in ("false", "true"))
+        print(
+            f"\nDDP FT, steps interleaved on rank 0: median step {without:.3f} s with "
+            f"find_unused_parameters=False, {with_search:.3f} s with True "
+            f"(ratio {with_search / without:.3f})"
+        )
     if args.json_out is not None:
         args.json_out.write_text(
             json.dumps(
-                {"argv": sys.argv, "wall_seconds": wall, "shape": vars(shape), "ranks": results},
+                {
+                    "argv": sys.argv, "wall_seconds": wall, "shape": vars(shape),
+                    "ranks": results, "find_unused_cost": cost,
+                },
                 indent=1,
-            )
+            )  # fmt: skip
         )
     return 0
 
