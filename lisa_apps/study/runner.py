@@ -347,7 +347,7 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         run_folder.write_text("predictions.csv", buffer.getvalue())
     row = {
         "run_id": run.run_id,
-        **variant_row(variant),
+        **variant.row(),
         "seed": run.seed,
         "learning_rate": run.learning_rate,
         "steps": settings.steps,
@@ -366,8 +366,3 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
     run_folder.write_json("study-row.json", row)
     run_folder.close()
     return row
-
-
-def variant_row(variant: Variant) -> dict[str, Any]:
-    """The id columns of a variant in runs.csv."""
-    return variant.row()
