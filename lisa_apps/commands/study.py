@@ -72,7 +72,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--steps", type=positive_int, default=defaults.steps,
         help=f"optimizer steps of every run (default {defaults.steps})",
     )  # fmt: skip
-    add_output(parser, None, "runs.csv, summary.csv, loss.png, policies and one folder per run")
+    add_output(
+        parser, None,
+        "runs.csv, summary.csv, loss.png, policies and one folder per run (the same command "
+        "again resumes the study there)",
+    )  # fmt: skip
     sweep = parser.add_argument_group("learning rates (chosen on a validation split of the training data)")
     sweep.add_argument(
         "--lr-factors", type=_csv_of(positive_float, "numbers > 0"), default=defaults.lr_factors,
