@@ -150,9 +150,10 @@ def run_probe(
     trained = model if isinstance(model, nn.Module) else model()
     if not isinstance(trained, nn.Module):
         raise TypeError(f"the model function returned {type(trained).__name__}, not a module")
+    # FSDP2 moves each unit's shard to the device as it shards: keep the whole model on the CPU.
     prepare_model(
         trained,
-        device=torch_device,
+        device=torch.device("cpu") if distributed == "fsdp2" else torch_device,
         precision=precision,
         gradient_checkpointing=gradient_checkpointing,
     )
@@ -168,9 +169,11 @@ def run_probe(
             parameter.requires_grad_(True)
     forward = trained
     if distributed == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+
         from lisa.distributed import shard_model
 
-        shard_model(trained, layer_map)
+        shard_model(trained, layer_map, mesh=init_device_mesh(torch_device.type, (world,)))
         layer_map = LayerMap.from_model(trained)  # the parameters are now DTensors
     elif distributed == "ddp":
         from torch.nn.parallel import DistributedDataParallel

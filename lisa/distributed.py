@@ -30,6 +30,7 @@ __all__ = [
     "check_model_wrapper",
     "check_same_draw",
     "is_distributed",
+    "reshard_model",
     "shard_model",
     "unwrap_data_parallel",
 ]
@@ -148,10 +149,14 @@ def shard_model(model: nn.Module, layer_map=None, **fully_shard_options: Any) ->
     parameters, then ``Lisa(model, optimizer, config)``.
 
     Args:
-        model: an unsharded model (e.g. a transformers causal LM) on the device it trains on.
+        model: an unsharded model (e.g. a transformers causal LM). Leave it on the CPU:
+            fully_shard moves each unit's shard to the mesh's device as it goes, so a GPU never
+            holds more than one unit in full (moving the model first needs the whole of it on
+            every GPU).
         layer_map: its LayerMap; built with ``LayerMap.from_model`` when None.
-        **fully_shard_options: passed to every ``fully_shard`` call (``mesh``,
-            ``reshard_after_forward``, ``mp_policy``, ``offload_policy``).
+        **fully_shard_options: passed to every ``fully_shard`` call (``mesh``: the default is
+            CUDA whenever CUDA is present; ``reshard_after_forward``, ``mp_policy``,
+            ``offload_policy``).
 
     Returns:
         The same model, now an FSDP2 module (``fully_shard`` changes its class in place).
@@ -189,6 +194,36 @@ def shard_model(model: nn.Module, layer_map=None, **fully_shard_options: Any) ->
         fully_shard(modules if len(modules) > 1 else modules[0], **fully_shard_options)
     fully_shard(model, **fully_shard_options)
     return model
+
+
+def reshard_model(model: nn.Module) -> nn.Module:
+    """Put every FSDP2 unit of ``model`` back in its sharded state; a plain model is unchanged.
+
+    FSDP2 keeps the root unit gathered after a forward pass (its backward needs it at once)
+    and registers the gathered tensors as the module's parameters until then. After a forward
+    without backward (an evaluation), an optimizer or a Lisa engine built from
+    ``model.parameters()`` would hold those temporary tensors instead of the shards; reshard
+    first (Lisa refuses such parameters).
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> reshard_model(layer) is layer
+        True
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return model
+
+
+def _is_fsdp2(model: nn.Module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 # wrappers LISA accepts and refuses ----------------------------------------------------------
@@ -230,8 +265,8 @@ def check_model_wrapper(
 ) -> None:
     """Refuse the wrappers under which LISA cannot train correctly, naming the fix.
 
-    Accepted: a plain model, an FSDP2 model (``fully_shard``, e.g. from ``shard_model``) and a
-    DDP model built with ``find_unused_parameters=True`` while every parameter in
+    Accepted: a plain model, an FSDP2 model (``fully_shard``, e.g. from ``shard_model``) whose
+    ``parameters`` are its shards, and a DDP model built with ``find_unused_parameters=True`` while every parameter in
     ``parameters`` (those LISA may train) required grad. Refused: DeepSpeed (engine, ZeRO
     parameters or optimizer), FSDP1 (``FullyShardedDataParallel`` flattens parameters, so
     blocks cannot be frozen one by one) and a DDP model built otherwise (a block frozen when
@@ -270,6 +305,15 @@ def check_model_wrapper(
                 "parameters into one, so blocks cannot be frozen one by one); use FSDP2: "
                 "lisa.distributed.shard_model(model) or torch.distributed.fsdp.fully_shard, "
                 "or accelerate's FSDP with fsdp_version 2; see docs/scaling.md"
+            )
+    if parameters is not None and _is_fsdp2(model):
+        gathered = [p for p in parameters if not hasattr(p, "placements")]
+        if gathered:
+            raise ValueError(
+                f"{len(gathered)} parameters of the FSDP2 model are gathered tensors, not its "
+                "shards (a forward without backward leaves FSDP2's root unit gathered); call "
+                "lisa.distributed.reshard_model(model) and build the optimizer again, or build "
+                "it right after shard_model"
             )
     if not isinstance(wrapped, DistributedDataParallel):
         return

@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "DISTRIBUTED_MODES",
+    "device_mesh",
     "LAUNCH_VARIABLES",
     "gather_from_ranks",
     "is_main_process",
@@ -75,6 +76,17 @@ def rank_device(device: torch.device) -> torch.device:
             "devices; start at most that many processes per node"
         )
     return torch.device("cuda", local_rank)
+
+
+def device_mesh(device: torch.device):
+    """A 1-D mesh of every rank on ``device``'s type: where FSDP2 places the shards.
+
+    fully_shard's default mesh is CUDA whenever CUDA is present; a run asked to compute on the
+    CPU passes this mesh instead.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (torch.distributed.get_world_size(),))
 
 
 def setup_process_group(device: torch.device) -> torch.device:

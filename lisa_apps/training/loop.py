@@ -32,9 +32,15 @@ from diagnostics.runtime import autocast
 from lisa.engine import Lisa
 from lisa_apps.data import IGNORE_INDEX, DataCollator
 from lisa_apps.training.config import FinetuneConfig
-from lisa_apps.training.distributed import rank_and_world
+from lisa_apps.training.distributed import device_mesh, rank_and_world
 
-__all__ = ["MAX_GRAD_NORM", "LoopRun", "global_batches", "save_full_model", "train_loop"]
+__all__ = [
+    "MAX_GRAD_NORM",
+    "LoopRun",
+    "global_batches",
+    "save_full_model",
+    "train_loop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +122,10 @@ def train_loop(
     """Train ``model`` for ``config.steps`` steps, sharded with FSDP2 inside a process group.
 
     Args:
-        model: the prepared model (on ``device``, in its precision, parameters that train
-            requiring grad; a peft model for LoRA). Sharded in place when a process group is
-            initialised and ``config.distributed == "fsdp2"``.
+        model: the prepared model (in its precision, parameters that train requiring grad; a
+            peft model for LoRA), on ``device``, or already sharded. Sharded in place (each
+            unit's shard moved to ``device``) when a process group is initialised and
+            ``config.distributed == "fsdp2"``.
         train_features: tokenised training examples.
         collator: pads a list of features into a batch.
         config: steps, batch size (global), learning rate, schedule, LISA settings, seed.
@@ -143,7 +150,7 @@ def train_loop(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from lisa.distributed import shard_model
+    from lisa.distributed import reshard_model, shard_model
 
     rank, world = rank_and_world()
     if config.batch_size % world:
@@ -151,8 +158,9 @@ def train_loop(
             f"batch_size={config.batch_size} is not a multiple of the {world} ranks; each rank "
             "takes an equal slice of the global batch"
         )
-    if world > 1 and config.distributed == "fsdp2":
-        model = shard_model(model)
+    if world > 1 and config.distributed == "fsdp2" and not _is_sharded(model):
+        model = shard_model(model, mesh=device_mesh(device))
+    reshard_model(model)  # a forward before (an evaluation) may have left units gathered
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -209,6 +217,10 @@ def train_loop(
     return LoopRun(model, log_history, training_loss, optimizer, lisa)
 
 
+def _is_sharded(model) -> bool:
+    return any(hasattr(p, "placements") for p in model.parameters())
+
+
 def _full(value: torch.Tensor) -> torch.Tensor:
     # clip_grad_norm_ returns a DTensor for sharded grads; its full value is the global norm.
     return value.full_tensor() if hasattr(value, "full_tensor") else value
@@ -222,9 +234,8 @@ def save_full_model(model, tokenizer, target) -> None:
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sharded = any(hasattr(p, "placements") for p in model.parameters())
     state_dict = None
-    if sharded:
+    if _is_sharded(model):
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state_dict = get_model_state_dict(model, options=options)
     if target is not None:

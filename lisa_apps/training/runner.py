@@ -35,7 +35,13 @@ from lisa.memory import optimizer_state_bytes
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.outputs import RunFolder
 from lisa_apps.training.config import FinetuneConfig
-from lisa_apps.training.distributed import gather_from_ranks, rank_and_world, rank_device
+from lisa.distributed import reshard_model, shard_model
+from lisa_apps.training.distributed import (
+    device_mesh,
+    gather_from_ranks,
+    rank_and_world,
+    rank_device,
+)
 from lisa_apps.training.evaluation import evaluate
 from lisa_apps.training.loop import LoopRun, save_full_model, train_loop
 from lisa_apps.training.results import trainable_parameters, write_run
@@ -156,12 +162,19 @@ def finetune(
     eval_features = tokenize_examples(eval_examples, tokenizer, max_length=config.max_length)
     if not train_features:
         raise ValueError("no training examples; pass at least one")
+    # FSDP2 moves each unit's shard to the device as it shards (1/W of the model per rank, one
+    # unit at a time), so a sharded run keeps the full model on the CPU until then.
+    sharded = config.distributed == "fsdp2" and world > 1
     prepare_model(
         model,
-        device=device,
+        device=torch.device("cpu") if sharded else device,
         precision=precision,
         gradient_checkpointing=config.gradient_checkpointing,
     )
+    callbacks: list = []
+    if sharded:
+        model, callbacks = _prepare_method(model, config)
+        model = shard_model(model, mesh=device_mesh(device))
 
     predictions: dict[str, pd.DataFrame] = {}
     metrics: dict[str, Any] = {
@@ -181,8 +194,10 @@ def finetune(
                 model, tokenizer, eval_examples, eval_features, config, progress=progress,
                 label="before",
             )  # fmt: skip
+            reshard_model(model)  # FSDP2 left its root unit gathered after that forward
 
-        model, callbacks = _prepare_method(model, config)
+        if not sharded:
+            model, callbacks = _prepare_method(model, config)
         metrics["trainable_parameters"] = trainable_parameters(model, config)
         collator = DataCollator(tokenizer)
         with PeakMemory(device) as peak:

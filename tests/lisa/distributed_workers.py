@@ -130,6 +130,8 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
         set_state_dict,
     )
 
+    from lisa.distributed import reshard_model, shard_model
+
     _join(rank, world, port)
     batches = make_batches()
     results: dict = {}
@@ -178,9 +180,19 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     results["resumed_history"] = lisa.history
     results["resumed_params"] = _full(model)
 
-    # Ranks that draw differently must stop at the first switch.
-    from lisa.distributed import shard_model
+    # An evaluation forward leaves the root unit gathered: an engine built then is refused.
+    model = shard_model(tiny_model())
+    with torch.no_grad():
+        model(input_ids=batches[0]["input_ids"][:1])
+    try:
+        Lisa(model, torch.optim.AdamW(model.parameters()), CONFIG)
+        results["gathered"] = None
+    except ValueError as error:
+        results["gathered"] = str(error)
+    reshard_model(model)
+    Lisa(model, torch.optim.AdamW(model.parameters()), CONFIG)  # accepted once resharded
 
+    # Ranks that draw differently must stop at the first switch.
     model = shard_model(tiny_model())
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     mismatched = Lisa(

@@ -117,6 +117,11 @@ def test_fsdp2_resume_reproduces_draws_losses_and_parameters(fsdp2_ranks):
         _assert_close_params(rank["resumed_params"], rank["params"])
 
 
+def test_an_engine_built_on_gathered_fsdp2_parameters_is_refused(fsdp2_ranks):
+    for rank in fsdp2_ranks:
+        assert "reshard_model" in rank["gathered"]
+
+
 def test_ranks_that_draw_differently_raise(fsdp2_ranks):
     for rank in fsdp2_ranks:
         assert rank["mismatch"] is not None and "drew different" in rank["mismatch"]
