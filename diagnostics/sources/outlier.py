@@ -101,8 +101,8 @@ class OutlierSource:
     """OWL's layerwise outlier ratio per block, favoured (OwLore) or reversed.
 
     Args:
-        threshold: M, an entry is an outlier when A_ij > M * mean(A) over the block (OWL uses
-            values of M of about 5 to 10).
+        threshold: M, an entry is an outlier when A_ij > M * mean(A) over the block (OWL's
+            LLaMA-7B script uses M = 5).
         direction: ``favour`` (more outliers, higher score) or ``reverse`` (the mirrored
             profile, s' = max(s) + min(s) - s).
 
