@@ -339,15 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(ratio {with_search / without:.3f})"
         )
     if args.json_out is not None:
-        args.json_out.write_text(
-            json.dumps(
-                {
-                    "argv": sys.argv, "wall_seconds": wall, "shape": vars(shape),
-                    "ranks": results, "find_unused_cost": cost,
-                },
-                indent=1,
-            )  # fmt: skip
-        )
+        record = {
+            "argv": sys.argv, "wall_seconds": wall, "shape": vars(shape), "ranks": results,
+            "find_unused_cost": cost,
+        }  # fmt: skip
+        args.json_out.write_text(json.dumps(record, indent=1))
     return 0
 
 

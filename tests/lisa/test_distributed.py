@@ -183,7 +183,7 @@ def test_deepspeed_is_refused_naming_fsdp2(tiny_llama):
     # (built without an Accelerator: only its class and .optimizer are looked at).
     wrapped = DeepSpeedOptimizerWrapper.__new__(DeepSpeedOptimizerWrapper)
     wrapped.optimizer = torch.optim.AdamW(model.parameters())
-    with pytest.raises(ValueError, match="DeepSpeed.*FSDP2"):
+    with pytest.raises(ValueError, match=r"DeepSpeed.*FSDP2"):
         Lisa(model, wrapped, LisaConfig(gamma=1))
     model.model.layers[0].self_attn.q_proj.weight.ds_id = 0  # how ZeRO-3 marks a parameter
     with pytest.raises(ValueError, match="fully_shard"):
@@ -198,7 +198,7 @@ def test_fsdp1_is_refused_naming_fsdp2(tiny_llama):
             super().__init__()
             self.module = module
 
-    with pytest.raises(ValueError, match="FSDP1.*shard_model"):
+    with pytest.raises(ValueError, match=r"FSDP1.*shard_model"):
         check_model_wrapper(FullyShardedDataParallel(model))
 
 
@@ -211,7 +211,7 @@ def test_lisa_callback_refuses_a_deepspeed_trainer(tiny_llama):
     # TrainingArguments(deepspeed=...) needs deepspeed installed; the callback reads the field.
     args = SimpleNamespace(deepspeed={"zero_optimization": {"stage": 3}})
     callback = LisaCallback(LisaConfig(gamma=1))
-    with pytest.raises(ValueError, match="DeepSpeed.*fsdp_version"):
+    with pytest.raises(ValueError, match=r"DeepSpeed.*fsdp_version"):
         callback.on_train_begin(
             args, None, None, model=model, optimizer=torch.optim.AdamW(model.parameters())
         )
