@@ -8,7 +8,7 @@ One vocabulary for every probe, runner and command:
   ``"bf16-mixed"`` (float32 weights, grads and state; matmuls under bfloat16 autocast) or
   ``"bf16"`` (weights, grads and optimizer state in bfloat16).
 - activation checkpointing: recompute each block's activations in the backward pass instead of
-  keeping them (transformers' ``gradient_checkpointing_enable``, non-reentrant).
+  keeping them (transformers' activation checkpointing, non-reentrant).
 - peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the process's peak
   resident set size (VmHWM), reset at the start of the measured span where Linux allows it.
 """
@@ -101,8 +101,9 @@ def prepare_model(
     """Move ``model`` to ``device`` in the dtype ``precision`` asks for; switch checkpointing.
 
     Weights are bfloat16 under ``"bf16"`` and float32 otherwise. Checkpointing uses
-    transformers' ``gradient_checkpointing_enable`` with ``use_reentrant=False`` (the
-    re-entrant variant computes no grads for blocks whose input needs none).
+    transformers' ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` before
+    transformers 5) with ``use_reentrant=False``: the re-entrant variant computes no grads for
+    blocks whose input needs none.
 
     Returns:
         The same model, moved.
@@ -110,13 +111,16 @@ def prepare_model(
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model.to(device=device, dtype=dtype)
     if gradient_checkpointing:
-        enable = getattr(model, "gradient_checkpointing_enable", None)
-        if enable is None:
+        kwargs = {"use_reentrant": False}
+        if callable(getattr(model, "activation_checkpointing_enable", None)):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif callable(getattr(model, "gradient_checkpointing_enable", None)):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
             raise ValueError(
-                f"{type(model).__name__} has no gradient_checkpointing_enable(); activation "
-                "checkpointing needs a transformers model"
+                f"{type(model).__name__} cannot checkpoint activations (no "
+                "activation_checkpointing_enable); it needs a transformers model"
             )
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if getattr(model, "config", None) is not None and hasattr(model.config, "use_cache"):
             model.config.use_cache = False  # a KV cache is pointless and refused with it
     return model

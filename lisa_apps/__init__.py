@@ -3,7 +3,8 @@
 ``lisa_apps`` is where the commands live (``lisa_apps.commands.<name>`` for ``lisa <name>``)
 and what they are made of: model loading with the embedded default model
 (``lisa_apps.models``), tiny random models (``lisa_apps.tiny``), data (``lisa_apps.data``), the
-fine-tuning runner (``lisa_apps.training``), the diagnose pipeline (``lisa_apps.pipeline``) and
+fine-tuning runner (``lisa_apps.training``), the diagnose pipeline (``lisa_apps.pipeline``),
+memory estimates from a config (``lisa_apps.estimate``), seeded studies (``lisa_apps.study``) and
 output folders that never mix runs (``lisa_apps.outputs``). It may import ``lisa`` and
 ``diagnostics``; neither imports it. Names load on first use.
 """
@@ -20,6 +21,12 @@ _EXPORTS: dict[str, str] = {
     "load_jsonl": "lisa_apps.data",
     "make_math_problems": "lisa_apps.data",
     "tokenize_examples": "lisa_apps.data",
+    "Setup": "lisa_apps.estimate",
+    "Workload": "lisa_apps.estimate",
+    "estimate": "lisa_apps.estimate",
+    "family_names": "lisa_apps.estimate",
+    "resolve_config": "lisa_apps.estimate",
+    "suggestions": "lisa_apps.estimate",
     "DEFAULT_MODEL": "lisa_apps.models",
     "ModelInfo": "lisa_apps.models",
     "available_models": "lisa_apps.models",

@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -101,6 +102,8 @@ def _kept() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # peft still reads transformers' renamed `is_gradient_checkpointing`; nothing for a user to do.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
