@@ -122,6 +122,29 @@ def _sharded(seed: int = 0):
     return model, optimizer, Lisa(model, optimizer, CONFIG)
 
 
+class CallbackDriver:
+    """Calls LisaCallback's Trainer events around a plain loop (begin_step = on_step_begin)."""
+
+    def __init__(self, model, optimizer, folder: str) -> None:
+        from transformers import TrainerControl, TrainerState, TrainingArguments
+
+        from lisa.callback import LisaCallback
+
+        self.model, self.optimizer = model, optimizer
+        self.args = TrainingArguments(output_dir=folder, use_cpu=True, report_to=[])
+        self.state, self.control = TrainerState(), TrainerControl()
+        self.callback = LisaCallback(CONFIG)
+        self.callback.on_train_begin(
+            self.args, self.state, self.control, model=model, optimizer=optimizer
+        )
+
+    def begin_step(self) -> None:
+        self.callback.on_step_begin(
+            self.args, self.state, self.control, model=self.model, optimizer=self.optimizer
+        )
+        self.state.global_step += 1
+
+
 def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     """FSDP2 plain loop: losses, draws, state after every step, resume, a mismatched draw."""
     from torch.distributed.checkpoint.state_dict import (
@@ -179,6 +202,13 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     results["resumed_losses"] = run_steps(model, optimizer, lisa, batches[RESUME_AT:], rank, world)
     results["resumed_history"] = lisa.history
     results["resumed_params"] = _full(model)
+
+    # LisaCallback drives the engine on the sharded model as a Trainer would (accelerate runs
+    # no FSDP on the CPU, so its events are called here by hand, once per optimizer step).
+    model, optimizer, _ = _sharded()
+    driver = CallbackDriver(model, optimizer, folder)
+    results["callback_losses"] = run_steps(model, optimizer, driver, batches, rank, world)
+    results["callback_history"] = driver.callback.lisa.history
 
     # An evaluation forward leaves the root unit gathered: an engine built then is refused.
     model = shard_model(tiny_model())

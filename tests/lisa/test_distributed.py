@@ -83,6 +83,15 @@ def test_fsdp2_ranks_draw_alike_and_equal_one_process(fsdp2_ranks, reference):
         _assert_close_params(rank["params"], reference["params"])
 
 
+def test_lisa_callback_on_the_sharded_model_equals_one_process(fsdp2_ranks, reference):
+    for rank in fsdp2_ranks:
+        assert rank["callback_history"] == reference["history"]
+        torch.testing.assert_close(
+            torch.tensor(rank["callback_losses"]), torch.tensor(reference["losses"]),
+            rtol=LOSS_RTOL, atol=0,
+        )  # fmt: skip
+
+
 def test_fsdp2_optimizer_state_is_the_minimum_of_the_local_shards(fsdp2_ranks):
     for rank in fsdp2_ranks:
         held, minimum = zip(*rank["state_after_step"], strict=True)
