@@ -60,8 +60,14 @@ class Lisa:
     are in the optimizer and refuses a model whose blocks were frozen before the optimizer
     was built (such blocks could never train).
 
+    Several processes (docs/scaling.md): give every rank the same config. Under FSDP2 build
+    the engine on the sharded model (``lisa.distributed.shard_model``) and its optimizer; under
+    DDP pass the DistributedDataParallel wrapper, built with ``find_unused_parameters=True``
+    before the first ``begin_step``. DeepSpeed and FSDP1 are refused.
+
     Args:
-        model: the model (plain, or PEFT-wrapped: only optimizer parameters are toggled).
+        model: the model (plain, PEFT-wrapped, FSDP2-sharded or DDP-wrapped; only optimizer
+            parameters are toggled).
         optimizer: any torch optimizer with per-parameter state (AdamW, SGD with momentum...).
         config: the LisaConfig.
         layer_map: a LayerMap of `model`; built with config.blocks_path when None.

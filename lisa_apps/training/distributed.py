@@ -16,13 +16,13 @@ import torch
 
 __all__ = [
     "DISTRIBUTED_MODES",
-    "device_mesh",
     "LAUNCH_VARIABLES",
+    "device_mesh",
     "gather_from_ranks",
     "is_main_process",
     "launched_world_size",
-    "rank_device",
     "rank_and_world",
+    "rank_device",
     "run_in_process_group",
     "setup_process_group",
 ]
@@ -106,7 +106,7 @@ def setup_process_group(device: torch.device) -> torch.device:
 
 def gather_from_ranks(value: Any) -> list[Any]:
     """``value`` of every rank, in rank order (a list of one outside a process group)."""
-    rank, world = rank_and_world()
+    _, world = rank_and_world()
     if world == 1:
         return [value]
     gathered: list[Any] = [None] * world

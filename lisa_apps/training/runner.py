@@ -7,6 +7,10 @@ answer accuracy (greedy generation, final number parsed with
 writes ``metrics.json``, ``log_history.csv``, ``predictions_{before,after}.csv``,
 ``active_sets.json`` (LISA), ``loss_curve.png`` and, when asked, the trained ``model/``.
 
+Under torchrun (``FinetuneConfig.distributed``), ``"ddp"`` trains with the Trainer and
+DistributedDataParallel, and ``"fsdp2"`` with the plain loop of :mod:`lisa_apps.training.loop`
+on a model sharded by :func:`lisa.distributed.shard_model`; rank 0 alone writes the files.
+
 The three methods share everything but what trains, so runs on the same examples, seed and
 step budget compare: LISA trains the embedding, head and ``gamma`` sampled blocks (switching
 every ``interval`` steps, through :class:`lisa.callback.LisaCallback`); LoRA adds rank-``r``
@@ -31,11 +35,11 @@ import torch
 from diagnostics.files import library_versions
 from diagnostics.lora import wrap_lora
 from diagnostics.runtime import PeakMemory, check_precision, prepare_model, resolve_device
+from lisa.distributed import reshard_model, shard_model
 from lisa.memory import optimizer_state_bytes
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.outputs import RunFolder
 from lisa_apps.training.config import FinetuneConfig
-from lisa.distributed import reshard_model, shard_model
 from lisa_apps.training.distributed import (
     device_mesh,
     gather_from_ranks,
