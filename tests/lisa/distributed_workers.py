@@ -169,6 +169,11 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
                 minimum_optimizer_state_bytes(lisa.trainable_parameters()),
             )
         )
+        # After a step with grads still held: what lisa estimate --fsdp predicts for a rank.
+        total = memory_report(model, optimizer).set_index("group").loc["total"]
+        results["held_after_last_step"] = {
+            key: int(total[key]) for key in ("parameter_bytes", "grad_bytes", "optimizer_state_bytes")
+        }
 
     results["losses"] = run_steps(model, optimizer, lisa, batches, rank, world, record_state)
     results["state_after_step"] = state_after_step

@@ -224,3 +224,17 @@ def test_lisa_callback_refuses_a_deepspeed_trainer(tiny_llama):
         callback.on_train_begin(
             args, None, None, model=model, optimizer=torch.optim.AdamW(model.parameters())
         )
+
+
+def test_lisa_estimate_per_rank_bytes_equal_each_rank_of_a_real_fsdp2_run(fsdp2_ranks):
+    """lisa estimate --fsdp W reports the largest rank's shard; the smaller rank holds less."""
+    from lisa.config import LisaConfig
+    from lisa_apps.estimate import Setup, estimate
+
+    config = workers.tiny_model().config
+    assert isinstance(workers.CONFIG, LisaConfig) and workers.CONFIG.gamma == 1
+    row = estimate(config, [Setup("lisa", "float32", gamma=1, fsdp_ranks=WORLD)])[0]
+    keys = ("parameter_bytes", "grad_bytes", "optimizer_state_bytes")
+    assert {key: row[key] for key in keys} == fsdp2_ranks[0]["held_after_last_step"]
+    for key in keys:
+        assert fsdp2_ranks[1]["held_after_last_step"][key] <= row[key]
