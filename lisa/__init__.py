@@ -19,7 +19,7 @@ from lisa.defaults import (
     DEFAULT_LORA_RANK,
     default_lora_alpha,
 )
-from lisa.distributed import check_same_draw
+from lisa.distributed import check_model_wrapper, check_same_draw, reshard_model, shard_model
 from lisa.engine import Lisa
 from lisa.layers import EMBED, EXTRAS, HEAD, LayerMap, block_group, block_index
 from lisa.memory import (
@@ -73,6 +73,7 @@ __all__ = [
     "block_group",
     "block_index",
     "check_layer_signature",
+    "check_model_wrapper",
     "check_same_draw",
     "default_lora_alpha",
     "grad_bytes",
@@ -84,7 +85,9 @@ __all__ = [
     "optimizer_state_bytes",
     "parameter_bytes",
     "register_sampler",
+    "reshard_model",
     "sampler_spec",
+    "shard_model",
     "signature_difference",
     "systematic_sample",
     "tensor_bytes",
