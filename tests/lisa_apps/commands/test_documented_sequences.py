@@ -24,6 +24,9 @@ BUDGET = {
               "384", "--no-accuracy", "--no-progress", "--no-save-model"],
     "demo": ["--probe-steps", "1", "--steps", "1", "--train-examples", "4", "--eval-examples", "1",
              "--max-length", "384", "--probe-max-length", "384", "--no-progress"],
+    "study": ["--seeds", "1", "--steps", "1", "--lr-factors", "1", "--train-examples", "8",
+              "--val-examples", "2", "--test-examples", "2", "--accuracy-examples", "0",
+              "--max-length", "384"],
 }  # fmt: skip
 PAGES = ["README.md", "docs/quickstart.md", "docs/diagnostics.md", "docs/layers.md"]
 
