@@ -308,8 +308,7 @@ def _train_with_trainer(
             report_to=[],
             use_cpu=device.type == "cpu",
             bf16=precision == "bf16-mixed",
-            gradient_checkpointing=config.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            **_checkpointing_arguments(config.gradient_checkpointing),
             # LISA's frozen blocks produce no grad: DDP must expect unused parameters.
             ddp_find_unused_parameters=config.method == "lisa" if world > 1 else None,
             seed=config.seed,
@@ -344,6 +343,18 @@ def _run_folder(out_dir, overwrite: bool, config: FinetuneConfig) -> RunFolder |
         out_dir, command="lisa_apps.training.finetune", arguments=config.to_dict(),
         overwrite=overwrite,
     ).check()  # fmt: skip
+
+
+def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments for non-reentrant activation checkpointing, under the name this
+    transformers version uses (transformers 5 renamed gradient_ to activation_checkpointing)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{prefix}_checkpointing": enabled, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 def _replace_progress_reporting(trainer, progress: bool) -> None:
