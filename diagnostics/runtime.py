@@ -16,6 +16,8 @@ One vocabulary for every probe, runner and command:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import resource
@@ -153,8 +155,20 @@ def _rss_high_water_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that Python and glibc hold but no longer use back to the system.
+
+    Without it, a measurement started after an earlier run in the same process (a study) begins
+    from the earlier run's high resident set and is not comparable between runs.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _reset_rss_high_water() -> bool:
     # Linux >= 4.0: writing 5 resets the peak RSS (VmHWM) to the current RSS.
+    _release_freed_memory()
     try:
         with _CLEAR_REFS.open("w") as handle:
             handle.write("5")

@@ -131,6 +131,9 @@ class RunFolder:
         self.label = label
         self.written: list[str] = []
         self.status = "new"
+        # True when this run continues the earlier one in the folder (a resumed study): open()
+        # then keeps the earlier files instead of removing them.
+        self.resuming = False
         self._parent: RunFolder | None = None
 
     # before any work ---------------------------------------------------------------------------
@@ -165,7 +168,7 @@ class RunFolder:
     def open(self) -> RunFolder:
         """Create the folder, remove an earlier run's files (with overwrite), start the manifest."""
         self.check()
-        if self.path.is_dir() and (self.path / MANIFEST).is_file():
+        if self.path.is_dir() and (self.path / MANIFEST).is_file() and not self.resuming:
             self._remove_earlier_run()
         self.path.mkdir(parents=True, exist_ok=True)
         self.status = "running"

@@ -52,7 +52,6 @@ class StudyFolder(RunFolder):
         # JSON round trip: the manifest stores JSON, so compare like with like.
         plain = json.loads(json.dumps(arguments, default=str))
         super().__init__(path, command=STUDY_COMMAND, arguments=plain, overwrite=overwrite)
-        self.resuming = False
         self.earlier_status: str | None = None
 
     def _earlier(self) -> dict[str, Any] | None:
@@ -83,7 +82,3 @@ class StudyFolder(RunFolder):
         self.resuming = False
         super().check()
         return self
-
-    def _remove_earlier_run(self) -> None:
-        if not self.resuming:  # resuming keeps every finished run's files
-            super()._remove_earlier_run()
