@@ -23,7 +23,6 @@ _EXPORTS: dict[str, str] = {
     "tokenize_examples": "lisa_apps.data",
     "Setup": "lisa_apps.estimate",
     "Workload": "lisa_apps.estimate",
-    "estimate": "lisa_apps.estimate",
     "family_names": "lisa_apps.estimate",
     "resolve_config": "lisa_apps.estimate",
     "suggestions": "lisa_apps.estimate",

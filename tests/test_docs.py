@@ -200,3 +200,19 @@ def test_training_defaults_page_matches_the_code():
         "FT": DEFAULT_LEARNING_RATES["ft"],
     }  # fmt: skip
     assert rows["--precision"] == defaults.precision
+
+
+def test_no_exported_name_is_shadowed_by_a_subpackage():
+    # Importing a subpackage binds its name on the parent, so an export named like a
+    # subpackage (``lisa_apps.estimate``) would be a function or a module depending on import
+    # order, and the API reference would print a module's path.
+    import pkgutil
+
+    import diagnostics
+    import lisa
+    import lisa_apps
+
+    for package in (lisa, diagnostics, lisa_apps):
+        submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+        assert submodules.isdisjoint(package.__all__), package.__name__
+    assert "<module " not in (ROOT / "docs" / "api.md").read_text()
