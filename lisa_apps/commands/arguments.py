@@ -171,6 +171,23 @@ def check_distributed(args: argparse.Namespace, command: str) -> int:
     return world
 
 
+def claim_output(args: argparse.Namespace, command: str):
+    """Check --out and claim it on rank 0; returns (is rank 0, its RunFolder or None).
+
+    Under torchrun rank 0 alone owns --out; the other ranks never look at it.
+    """
+    import os
+
+    from lisa_apps.outputs import RunFolder
+
+    main_rank = getattr(args, "distributed", None) is None or os.environ.get("RANK") == "0"
+    if not main_rank:
+        return False, None
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    folder = RunFolder(args.out, command=command, arguments=arguments, overwrite=args.overwrite)
+    return True, folder.check()
+
+
 def apply_runtime(args: argparse.Namespace):
     """Check --device (and --precision against it), set --threads; returns the torch.device."""
     import torch

@@ -14,6 +14,7 @@ from lisa_apps.commands.arguments import (
     apply_runtime,
     check_distributed,
     check_gamma,
+    claim_output,
     csv_choices,
     load_data,
     nonnegative_float,
@@ -127,7 +128,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check model, data, settings and --out without loading weights; return the probes."""
     from lisa_apps.models import inspect_model
-    from lisa_apps.outputs import RunFolder
     from lisa_apps.pipeline import DiagnoseSettings
     from lisa_apps.training import resolve_precision
 
@@ -175,13 +175,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         )
     examples = load_data(args.data, split="train", num_examples=args.num_examples, seed=args.seed)
     command = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    # Under torchrun rank 0 alone owns --out; the other ranks never look at it.
-    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
-    folder = None
-    if main_rank:
-        folder = RunFolder(
-            args.out, command="lisa diagnose", arguments=command, overwrite=args.overwrite
-        ).check()
+    main_rank, folder = claim_output(args, "lisa diagnose")
 
     def work() -> int:
         import pandas as pd

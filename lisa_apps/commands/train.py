@@ -15,6 +15,7 @@ from lisa_apps.commands.arguments import (
     apply_runtime,
     check_distributed,
     check_gamma,
+    claim_output,
     load_data,
     nonnegative_int,
     positive_float,
@@ -203,7 +204,6 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     from diagnostics.policy import SamplingPolicy
     from lisa.signature import layer_signature, signature_difference
     from lisa_apps.models import DEFAULT_MODEL, inspect_model
-    from lisa_apps.outputs import RunFolder
     from lisa_apps.training import FinetuneConfig, resolve_precision
 
     check_distributed(args, "train")
@@ -273,14 +273,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     eval_examples = load_data(
         args.data, split="test", num_examples=args.eval_examples, seed=args.seed
     )
-    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    # Under torchrun rank 0 alone owns --out; the other ranks never look at it.
-    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
-    folder = None
-    if main_rank:
-        folder = RunFolder(
-            args.out, command="lisa train", arguments=arguments, overwrite=args.overwrite
-        ).check()
+    main_rank, folder = claim_output(args, "lisa train")
 
     def work() -> int:
         from lisa_apps.models import load_model
