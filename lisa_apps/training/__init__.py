@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from lisa_apps.training.config import METHODS, FinetuneConfig
 from lisa_apps.training.evaluation import evaluate, evaluate_loss, generate_answers
-from lisa_apps.training.results import trainable_parameters, write_run
-from lisa_apps.training.runner import FinetuneResult, finetune, resolve_precision
+from lisa_apps.training.results import FinetuneResult, trainable_parameters, write_run
+from lisa_apps.training.runner import finetune, resolve_precision
 
 __all__ = [
     "METHODS",

@@ -1,19 +1,44 @@
-"""A finished run's files, and the trainable-parameter count that compares the methods."""
+"""A finished run: its :class:`FinetuneResult`, its files, and the trainable-parameter count."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from lisa.config import LisaConfig
 from lisa.layers import LayerMap, block_index
 from lisa_apps.outputs import RunFolder
 from lisa_apps.training.config import FinetuneConfig
 
-if TYPE_CHECKING:
-    from lisa_apps.training.runner import FinetuneResult
+__all__ = ["FinetuneResult", "trainable_parameters", "write_run"]
 
-__all__ = ["trainable_parameters", "write_run"]
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    Attributes:
+        model: the trained model (a peft ``PeftModel`` for LoRA).
+        metrics: the ``metrics.json`` content: settings, before/after loss and accuracy, timing,
+            peak memory and optimizer-state bytes.
+        log_history: the Trainer's log history, one row per log (``step``, ``loss``, ...).
+        active_history: LISA's ``(step, active_blocks)`` draws; empty for LoRA and FT.
+        predictions: ``{"before": DataFrame, "after": DataFrame}`` of generated answers.
+        out_dir: where files were written, or ``None``.
+        files: the names written into ``out_dir`` by this run.
+    """
+
+    model: Any
+    metrics: dict[str, Any]
+    log_history: pd.DataFrame
+    active_history: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+    out_dir: Path | None = None
+    files: list[str] = field(default_factory=list)
 
 
 def write_run(result: FinetuneResult, folder: RunFolder) -> list[str]:

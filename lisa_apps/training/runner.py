@@ -25,8 +25,6 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -48,35 +46,11 @@ from lisa_apps.training.distributed import (
 )
 from lisa_apps.training.evaluation import evaluate
 from lisa_apps.training.loop import LoopRun, save_full_model, train_loop
-from lisa_apps.training.results import trainable_parameters, write_run
+from lisa_apps.training.results import FinetuneResult, trainable_parameters, write_run
 
 __all__ = ["FinetuneResult", "finetune", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneResult:
-    """What a run produced.
-
-    Attributes:
-        model: the trained model (a peft ``PeftModel`` for LoRA).
-        metrics: the ``metrics.json`` content: settings, before/after loss and accuracy, timing,
-            peak memory and optimizer-state bytes.
-        log_history: the Trainer's log history, one row per log (``step``, ``loss``, ...).
-        active_history: LISA's ``(step, active_blocks)`` draws; empty for LoRA and FT.
-        predictions: ``{"before": DataFrame, "after": DataFrame}`` of generated answers.
-        out_dir: where files were written, or ``None``.
-        files: the names written into ``out_dir`` by this run.
-    """
-
-    model: Any
-    metrics: dict[str, Any]
-    log_history: pd.DataFrame
-    active_history: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
-    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
-    out_dir: Path | None = None
-    files: list[str] = field(default_factory=list)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -268,7 +242,7 @@ def finetune(
         result = FinetuneResult(model, metrics, log_history, active_history, predictions)
         if folder is not None:
             write_run(result, folder)
-            result.out_dir, result.files = folder.path, list(folder.written)
+            result.out_dir, result.files = folder.target, list(folder.written)
     except KeyboardInterrupt:
         if folder is not None and out_dir is not folder:
             folder.close("interrupted")
