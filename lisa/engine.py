@@ -19,7 +19,6 @@ The one pattern for a plain PyTorch loop::
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -30,18 +29,17 @@ from torch import nn
 
 from lisa.config import LisaConfig
 from lisa.distributed import check_model_wrapper, check_same_draw, unwrap_data_parallel
-from lisa.layers import LayerMap, block_index
+from lisa.layers import LayerMap
 from lisa.memory import local_tensor
-from lisa.samplers import SUM_TOLERANCE, Sampler, make_sampler
-from lisa.samplers.registry import sampler_factory
+from lisa.optimizer_groups import managed_groups, resolve_layer_map
+from lisa.sampler_checks import build_sampler, check_draw
+from lisa.schedule import restore_schedule, schedule_state
 from lisa.signature import check_layer_signature
 from lisa.validation import is_int
 
 __all__ = ["Lisa", "build_sampler"]
 
 logger = logging.getLogger(__name__)
-
-_STATE_VERSION = 1
 
 
 class Lisa:
@@ -97,11 +95,11 @@ class Lisa:
         self.config = config
         check_model_wrapper(model, optimizer)
         # Under DDP the layer groups are those of the wrapped module (same parameters).
-        self.layer_map = self._resolve_layer_map(unwrap_data_parallel(model), config, layer_map)
+        self.layer_map = resolve_layer_map(unwrap_data_parallel(model), config, layer_map)
         if config.layer_signature is not None:
             check_layer_signature(self.layer_map, config.layer_signature, what="the LisaConfig")
         self.sampler = build_sampler(config, self.layer_map.num_blocks)
-        self._groups = self._managed_groups(model, optimizer, self.layer_map, config)
+        self._groups = managed_groups(model, optimizer, self.layer_map, config)
         check_model_wrapper(model, optimizer, [p for ps in self._groups.values() for p in ps])
         if self.layer_map.tied and config.train_head and not config.train_embeddings:
             logger.warning(
@@ -123,75 +121,6 @@ class Lisa:
         self._next_step = 0
         self._reapply_pending = False
 
-    # construction checks -------------------------------------------------------------------
-
-    @staticmethod
-    def _resolve_layer_map(
-        model: nn.Module, config: LisaConfig, layer_map: LayerMap | None
-    ) -> LayerMap:
-        if layer_map is None:
-            try:
-                return LayerMap.from_model(model, config.blocks_path)
-            except (AttributeError, KeyError, ValueError, TypeError) as error:
-                raise ValueError(
-                    f"LISA could not map the blocks of {type(model).__name__} "
-                    f"(LisaConfig.blocks_path={config.blocks_path!r}): {error}. Set "
-                    "LisaConfig(blocks_path=...) to the dotted path of the ModuleList of "
-                    "transformer blocks (e.g. 'model.layers')"
-                ) from error
-        if layer_map.model is not model:
-            raise ValueError("layer_map was built for another model; build it from this model")
-        if config.blocks_path is not None and layer_map.blocks_path != config.blocks_path:
-            raise ValueError(
-                f"blocks_path={config.blocks_path!r} disagrees with the given layer_map "
-                f"({layer_map.blocks_path!r}); pass one of them"
-            )
-        return layer_map
-
-    @staticmethod
-    def _managed_groups(
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        layer_map: LayerMap,
-        config: LisaConfig,
-    ) -> dict[str, list[nn.Parameter]]:
-        """Group name -> parameters the engine toggles (those in the optimizer)."""
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        not_optimized = [
-            name
-            for name, p in model.named_parameters()
-            if p.requires_grad and id(p) not in in_optimizer
-        ]
-        if not_optimized:
-            raise ValueError(
-                f"{len(not_optimized)} trainable parameters are not in the optimizer "
-                f"(e.g. {not_optimized[:3]}); build the optimizer over every parameter LISA may "
-                "train, or set requires_grad=False on those you never want trained"
-            )
-        groups = {
-            group: [p for _, p in layer_map.parameters(group) if id(p) in in_optimizer]
-            for group in layer_map.group_names
-        }
-        # docs/design.md section 3, rule 1: a model frozen before its optimizer was built has
-        # blocks the optimizer never sees; unfreezing them later would train nothing.
-        missing = [
-            group
-            for group in layer_map.group_names
-            if block_index(group) is not None and not groups[group]
-        ]
-        wanted = {"embed": config.train_embeddings, "head": config.train_head}
-        wanted["extras"] = config.train_extras
-        missing += [
-            g for g in ("embed", "head", "extras") if wanted[g] and g in groups and not groups[g]
-        ]
-        if missing:
-            raise ValueError(
-                f"groups {missing} have no parameter in the optimizer, so LISA could never "
-                "train them. Build the optimizer before anything is frozen (Lisa freezes "
-                "itself), or switch the group off (train_embeddings/train_head/train_extras)"
-            )
-        return groups
-
     # switching -----------------------------------------------------------------------------
 
     def _trained_groups(self, active_blocks: Iterable[int]) -> set[str]:
@@ -206,25 +135,7 @@ class Lisa:
         return trained
 
     def _draw(self) -> tuple[int, ...]:
-        raw = list(self.sampler.sample(self._rng))
-        name = type(self.sampler).__name__
-        if not all(is_int(i) for i in raw):
-            raise ValueError(f"{name}.sample returned {raw}; block indices must be integers")
-        drawn = tuple(sorted(int(i) for i in raw))
-        num_blocks = self.layer_map.num_blocks
-        if any(i < 0 or i >= num_blocks for i in drawn):
-            raise ValueError(f"{name}.sample returned blocks {drawn} outside 0..{num_blocks - 1}")
-        if len(set(drawn)) != len(drawn):
-            raise ValueError(
-                f"{name}.sample returned {drawn}, which repeats a block, so fewer blocks would "
-                "train than drawn; a sampler must return distinct indices"
-            )
-        sampler_gamma = getattr(self.sampler, "gamma", None)
-        if sampler_gamma is not None and len(drawn) != sampler_gamma:
-            raise ValueError(
-                f"{name}.sample returned {len(drawn)} blocks {drawn} but the sampler's gamma is "
-                f"{sampler_gamma}; a fixed-size sampler must return exactly gamma blocks"
-            )
+        drawn = check_draw(self.sampler, self.sampler.sample(self._rng), self.layer_map.num_blocks)
         return check_same_draw(drawn)
 
     def _apply(self, active_blocks: tuple[int, ...], *, switch: bool) -> int:
@@ -344,21 +255,17 @@ class Lisa:
             ['active_blocks', 'freed_bytes_total', 'history', 'interval', 'num_blocks',
              'period', 'rng', 'sampler', 'step', 'version']
         """
-        sampler_state = None
-        if callable(getattr(self.sampler, "state_dict", None)):
-            sampler_state = self.sampler.state_dict()
-        return {
-            "version": _STATE_VERSION,
-            "num_blocks": self.layer_map.num_blocks,
-            "interval": self.config.interval,
-            "step": self._next_step,
-            "period": self._period,
-            "active_blocks": list(self.active_blocks),
-            "rng": self._rng.bit_generator.state,
-            "sampler": sampler_state,
-            "history": [[step, list(blocks)] for step, blocks in self.history],
-            "freed_bytes_total": self.freed_bytes_total,
-        }
+        return schedule_state(
+            num_blocks=self.layer_map.num_blocks,
+            interval=self.config.interval,
+            step=self._next_step,
+            period=self._period,
+            active_blocks=self.active_blocks,
+            rng=self._rng,
+            sampler=self.sampler,
+            history=self.history,
+            freed_bytes_total=self.freed_bytes_total,
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a schedule saved by `state_dict` (the next begin_step re-applies it).
@@ -380,38 +287,18 @@ class Lisa:
             >>> resumed.begin_step() == lisa.begin_step()  # the same next draw
             True
         """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"LISA state version {state.get('version')!r} is not {_STATE_VERSION}; "
-                "it was written by another version of lisa"
-            )
-        if state["num_blocks"] != self.layer_map.num_blocks:
-            raise ValueError(
-                f"the saved LISA state is for {state['num_blocks']} blocks but this model has "
-                f"{self.layer_map.num_blocks}; load it onto the model it was saved from"
-            )
-        if state["interval"] != self.config.interval:
-            raise ValueError(
-                f"the saved LISA state used interval={state['interval']} but the config has "
-                f"interval={self.config.interval}; resume with the same LisaConfig"
-            )
-        if state["rng"].get("bit_generator") != "PCG64":
-            raise ValueError(f"unexpected bit generator in LISA state: {state['rng']!r}")
-        self._rng.bit_generator.state = state["rng"]
-        if state["sampler"] is not None:
-            if not callable(getattr(self.sampler, "load_state_dict", None)):
-                raise ValueError(
-                    "the saved LISA state has sampler state but this sampler is stateless; "
-                    "resume with the same sampler"
-                )
-            self.sampler.load_state_dict(state["sampler"])
-        self._next_step = int(state["step"])
-        self._period = None if state["period"] is None else int(state["period"])
-        self.active_blocks = tuple(int(i) for i in state["active_blocks"])
-        self.history = [
-            (int(step), tuple(int(i) for i in blocks)) for step, blocks in state["history"]
-        ]
-        self.freed_bytes_total = int(state["freed_bytes_total"])
+        restored = restore_schedule(
+            state,
+            num_blocks=self.layer_map.num_blocks,
+            interval=self.config.interval,
+            rng=self._rng,
+            sampler=self.sampler,
+        )
+        self._next_step = restored.step
+        self._period = restored.period
+        self.active_blocks = restored.active_blocks
+        self.history = restored.history
+        self.freed_bytes_total = restored.freed_bytes_total
         self.last_freed_bytes = 0
         self._reapply_pending = self._period is not None
 
@@ -467,89 +354,3 @@ def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
 def _state_nbytes(state: dict[str, Any]) -> int:
     # A DTensor's nbytes is the global size; this rank frees its local shard.
     return sum(local_tensor(v).nbytes for v in state.values() if isinstance(v, torch.Tensor))
-
-
-def build_sampler(config: LisaConfig, num_blocks: int) -> Sampler:
-    """The sampler ``config`` asks for on a model of ``num_blocks`` blocks, checked.
-
-    A named sampler is built with ``make_sampler(name, num_blocks, gamma=..., **options)``; an
-    instance must be built for ``num_blocks``. Either way its stated inclusion probabilities
-    must be one per block in [0, 1], summing to its gamma when it has one.
-
-    Raises:
-        ValueError: naming what is wrong and how to fix it.
-
-    Example:
-        >>> build_sampler(LisaConfig(gamma=2), 6)
-        UniformSampler(num_blocks=6, gamma=2)
-    """
-    if isinstance(config.sampler, str):
-        if config.gamma > num_blocks:
-            raise ValueError(
-                f"gamma={config.gamma} is larger than the model's {num_blocks} blocks; "
-                f"use gamma <= {num_blocks}"
-            )
-        options = dict(config.sampler_options)
-        if "gamma" not in options and _takes_gamma(sampler_factory(config.sampler)):
-            options["gamma"] = config.gamma
-        try:
-            sampler = make_sampler(config.sampler, num_blocks, **options)
-        except TypeError as error:
-            raise ValueError(
-                f"sampler={config.sampler!r} cannot be built from sampler_options "
-                f"{sorted(config.sampler_options)} ({error}); pass the keyword arguments "
-                f"it takes, e.g. make_sampler({config.sampler!r}, {num_blocks}, ...)"
-            ) from error
-        sampler_gamma = getattr(sampler, "gamma", None)
-        if sampler_gamma is not None and sampler_gamma != config.gamma:
-            raise ValueError(
-                f"gamma={config.gamma} but sampler {config.sampler!r} with these options "
-                f"draws {sampler_gamma} blocks; pass LisaConfig(gamma={sampler_gamma}, ...)"
-            )
-    else:
-        sampler = config.sampler
-        if sampler.num_blocks != num_blocks:
-            raise ValueError(
-                f"the sampler was built for num_blocks={sampler.num_blocks} but the model "
-                f"has {num_blocks} blocks; build it with make_sampler(name, {num_blocks}, ...)"
-            )
-    _check_inclusion_probabilities(sampler, num_blocks)
-    return sampler
-
-
-def _takes_gamma(factory: Any) -> bool:
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(
-        p.name == "gamma" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
-
-
-def _check_inclusion_probabilities(sampler: Sampler, num_blocks: int) -> None:
-    """Refuse a sampler whose stated pi is malformed or disagrees with its gamma."""
-    name = type(sampler).__name__
-    stated = getattr(sampler, "inclusion_probabilities", None)
-    if not callable(stated):
-        raise ValueError(
-            f"{name} has no inclusion_probabilities(); a Sampler states the chance that each "
-            "block is in a draw (see lisa.samplers.Sampler)"
-        )
-    pi = np.asarray(stated(), dtype=np.float64)
-    if pi.shape != (num_blocks,):
-        raise ValueError(
-            f"{name}.inclusion_probabilities() has shape {pi.shape}; expected ({num_blocks},), "
-            "one probability per block"
-        )
-    if not np.all(np.isfinite(pi)) or pi.min() < 0 or pi.max() > 1 + SUM_TOLERANCE:
-        raise ValueError(
-            f"{name}.inclusion_probabilities() must lie in [0, 1]; got min {pi.min():.6g}, "
-            f"max {pi.max():.6g}"
-        )
-    gamma = getattr(sampler, "gamma", None)
-    if gamma is not None and abs(float(pi.sum()) - gamma) > SUM_TOLERANCE * num_blocks:
-        raise ValueError(
-            f"{name}.inclusion_probabilities() sum to {pi.sum():.8g} but its gamma is {gamma}; "
-            "a sampler that draws exactly gamma blocks has probabilities that sum to gamma"
-        )
