@@ -211,13 +211,104 @@ def check_gamma(gamma: int, num_blocks: int, model: str, flag: str = "--gamma") 
         )
 
 
-def load_data(spec: str, *, split: str, num_examples: int | None, seed: int) -> list[dict]:
-    """Examples for --data: 'math' or a .jsonl file (errors name the file and line)."""
+# lisa_apps.data.FORMATS, written out so that building the parser does not import torch
+# (tests/lisa_apps/test_data_formats.py checks they agree).
+DATA_FORMATS = ("alpaca", "messages", "sharegpt", "text")
+
+
+def add_data_options(
+    parser: argparse.ArgumentParser, *, held_out: bool = True, tokenization: bool = False
+) -> None:
+    """--data-format, --data-split, --data-columns; --eval-data; --drop-long and --packing.
+
+    The words follow axolotl and LLaMA-Factory (docs/data.md shows each format).
+    """
+    group = parser.add_argument_group("the data set's layout (see docs/data.md)")
+    group.add_argument(
+        "--data-format",
+        choices=DATA_FORMATS,
+        default=None,
+        help="how --data's records are laid out (default: detected from the columns)",
+    )
+    group.add_argument(
+        "--data-split",
+        default=None,
+        help="the split of a saved DatasetDict folder or a hub set (default: its only split, "
+        "else train)",
+    )
+    group.add_argument(
+        "--data-columns",
+        default=None,
+        metavar="FIELD=COLUMN,...",
+        help="read a field from a differently named column, e.g. "
+        "instruction=question,output=solution (fields: instruction, input, output, system, "
+        "answer, messages, text)",
+    )
+    if held_out:
+        group.add_argument(
+            "--eval-data",
+            default=None,
+            help="a separate held-out set (same layout options); then no records of --data "
+            "are held out",
+        )
+    if tokenization:
+        group.add_argument(
+            "--drop-long",
+            action="store_true",
+            help="drop examples longer than --max-length (default: cut their end)",
+        )
+        group.add_argument(
+            "--packing",
+            action="store_true",
+            help="join short training examples into rows of up to --max-length tokens; each "
+            "example attends only to itself",
+        )
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The loader options a command's --data-* flags ask for (see add_data_options)."""
+    from lisa_apps.data.formats import parse_columns
+
+    options = {
+        "data_format": getattr(args, "data_format", None),
+        "columns": None,
+        "data_split": getattr(args, "data_split", None),
+        "eval_data": getattr(args, "eval_data", None),
+    }
+    if getattr(args, "data_columns", None) is not None:
+        try:
+            options["columns"] = parse_columns(args.data_columns)
+        except ValueError as error:
+            raise ValueError(f"--data-columns {args.data_columns}: {error}") from None
+    return options
+
+
+def load_data(
+    spec: str, *, split: str, num_examples: int | None, seed: int, args=None
+) -> list[dict]:
+    """Examples for --data: 'math' or a data set (errors name the file and line).
+
+    ``args`` supplies the --data-* options of :func:`add_data_options`.
+    """
     from lisa_apps.data import load_examples
 
+    options = data_options(args) if args is not None else {}
+    given = [
+        f"--{name.replace('_', '-')}" if name != "columns" else "--data-columns"
+        for name, value in options.items()
+        if value
+    ]
+    if spec == "math" and given:
+        raise ValueError(
+            f"{', '.join(given)} describe a data set file; --data math is generated (drop them, "
+            "or pass --data FILE)"
+        )
+    flag, source = "--data", spec
+    if options.get("eval_data") and split == "test":
+        flag, source = "--eval-data", options["eval_data"]
     try:
-        return load_examples(spec, split=split, num_examples=num_examples, seed=seed)
+        return load_examples(spec, split=split, num_examples=num_examples, seed=seed, **options)
     except FileNotFoundError as error:
-        raise ValueError(f"--data {spec}: {error.strerror or error}") from None
+        raise ValueError(f"{flag} {source}: {error.strerror or error}") from None
     except ValueError as error:
-        raise ValueError(f"--data {spec}: {error}") from None
+        raise ValueError(f"{flag} {source}: {error}") from None
