@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_data_options,
     add_distributed,
     add_output,
     add_runtime,
@@ -65,8 +66,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         default="math",
-        help="'math' (generated word problems) or a .jsonl file (10%% held out by content hash)",
+        help="'math' (generated word problems), or a .json/.jsonl/.parquet/.csv file, saved "
+        "dataset folder or hub name in alpaca, messages, sharegpt or text format (10%% held out "
+        "by content hash; see docs/data.md)",
     )
+    add_data_options(parser, tokenization=True)
     parser.add_argument(
         "--steps",
         type=positive_int,
@@ -256,6 +260,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         learning_rate=args.lr,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        packing=args.packing,
+        drop_long=args.drop_long,
         seed=args.seed,
         lora_rank=args.lora_rank,
         lisa=lisa_config,
@@ -269,9 +275,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     train_count = args.train_examples
     if train_count is None and args.data == "math":
         train_count = DEFAULT_TRAIN_EXAMPLES
-    train_examples = load_data(args.data, split="train", num_examples=train_count, seed=args.seed)
+    train_examples = load_data(
+        args.data, split="train", num_examples=train_count, seed=args.seed, args=args
+    )
     eval_examples = load_data(
-        args.data, split="test", num_examples=args.eval_examples, seed=args.seed
+        args.data, split="test", num_examples=args.eval_examples, seed=args.seed, args=args
     )
     main_rank, folder = claim_output(args, "lisa train")
 

@@ -33,6 +33,9 @@ class FinetuneConfig:
             ``lisa.defaults.DEFAULT_LEARNING_RATES[method]``.
         batch_size: training examples per step.
         max_length: longest tokenised example (see :func:`lisa_apps.data.tokenize_examples`).
+        packing: join short training examples into rows of up to ``max_length`` tokens, each
+            attending only to itself (:func:`lisa_apps.data.pack_features`).
+        drop_long: drop examples longer than ``max_length`` instead of cutting their end.
         seed: seed for data order, LoRA init and the LISA schedule (unless ``lisa`` sets one).
         lr_scheduler: a transformers scheduler name; ``"constant"`` keeps short runs comparable.
         warmup_steps: linear warm-up steps.
@@ -66,6 +69,8 @@ class FinetuneConfig:
     learning_rate: float | None = None
     batch_size: int = 4
     max_length: int = 256
+    packing: bool = False
+    drop_long: bool = False
     seed: int = 0
     lr_scheduler: str = "constant"
     warmup_steps: int = 0

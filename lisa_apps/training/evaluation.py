@@ -57,7 +57,9 @@ def evaluate(
     loss = evaluate_loss(
         model, features, DataCollator(tokenizer), batch_size=config.eval_batch_size
     )
-    if config.score_accuracy:
+    # Chat and text sets carry no reference answer: only held-out loss is scored for them.
+    answered = any(example.get("answer") is not None for example in examples)
+    if config.score_accuracy and answered:
         predictions = generate_answers(
             model,
             tokenizer,

@@ -30,7 +30,7 @@ import torch
 
 from diagnostics.runtime import autocast
 from lisa.engine import Lisa
-from lisa_apps.data import IGNORE_INDEX, DataCollator
+from lisa_apps.data import IGNORE_INDEX, DataCollator, model_inputs
 from lisa_apps.training.config import FinetuneConfig
 from lisa_apps.training.distributed import device_mesh, rank_and_world
 
@@ -92,7 +92,7 @@ def _label_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _local_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(batch)).logits  # packed batches bring position_ids, no mask
     shifted_logits = logits[:, :-1].float()  # (batch, length-1, vocab)
     shifted_labels = batch["labels"][:, 1:]  # (batch, length-1)
     return torch.nn.functional.cross_entropy(

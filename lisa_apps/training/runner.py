@@ -35,7 +35,7 @@ from diagnostics.lora import wrap_lora
 from diagnostics.runtime import PeakMemory, check_precision, prepare_model, resolve_device
 from lisa.distributed import reshard_model, shard_model
 from lisa.memory import optimizer_state_bytes
-from lisa_apps.data import DataCollator, tokenize_examples
+from lisa_apps.data import DataCollator, pack_features, tokenize_examples
 from lisa_apps.outputs import RunFolder
 from lisa_apps.training.config import FinetuneConfig
 from lisa_apps.training.distributed import (
@@ -136,8 +136,11 @@ def finetune(
         )
     precision = resolve_precision(config.precision, device)
     folder = _run_folder(out_dir, overwrite, config)
-    train_features = tokenize_examples(train_examples, tokenizer, max_length=config.max_length)
-    eval_features = tokenize_examples(eval_examples, tokenizer, max_length=config.max_length)
+    lengths = {"max_length": config.max_length, "drop_long": config.drop_long}
+    train_features = tokenize_examples(train_examples, tokenizer, **lengths)
+    eval_features = tokenize_examples(eval_examples, tokenizer, **lengths)
+    if config.packing:
+        train_features = pack_features(train_features, config.max_length)
     if not train_features:
         raise ValueError("no training examples; pass at least one")
     # FSDP2 moves each unit's shard to the device as it shards (1/W of the model per rank, one
