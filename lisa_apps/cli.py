@@ -93,11 +93,7 @@ def _one_line(error: BaseException) -> str:
 def _kept() -> str:
     from lisa_apps.outputs import interrupted_runs
 
-    parts = []
-    for folder in interrupted_runs():
-        kept = folder.kept()
-        names = ", ".join(p.name for p in kept) if kept else "nothing yet"
-        parts.append(f"kept in {folder.path}: {names}")
+    parts = [folder.kept_message() for folder in interrupted_runs()]
     return "; ".join(parts) if parts else "no files were written"
 
 
@@ -132,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before any work; nothing was written", file=sys.stderr)
         return 130
+    from lisa_apps.outputs import OutputError
+
     try:
         return int(work() or 0)
+    except OutputError as error:  # e.g. another process took --out between the check and now
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {_kept()}", file=sys.stderr)
         return 130

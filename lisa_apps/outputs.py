@@ -1,27 +1,50 @@
-"""Output folders and files that never overwrite or mix with an earlier run's results.
+"""Output folders and files that never overwrite, mix with or lose an earlier run's results.
 
 A :class:`RunFolder` is checked before any work (``check``) and opened when the work starts
 (``open``). It keeps a manifest, ``lisa-run.json``, listing the command, its arguments, its
 status (``running``, ``finished``, ``interrupted``, ``failed``) and every file the run wrote, as
-it writes them. A folder that is not empty is refused unless ``overwrite`` is set, and even then
-only when it holds a manifest, i.e. an earlier run's results: those files are removed first, so
-old and new results never mix, and no file of the user's own is ever touched.
+it writes them. The rules (docs/design.md, "Run folders"):
+
+- **ownership**: a folder that is not empty is refused unless ``overwrite`` is set, and even then
+  only when its manifest says the same command wrote it; a file of the user's own is never
+  touched (:func:`check_output_file` likewise replaces only a file that ``owned`` accepts);
+- **atomic replace**: with ``overwrite`` the new run writes into a staging folder beside the old
+  one, ``NAME.in-progress-STAMP-PID``; only when it finishes are the two swapped (one
+  ``renameat2(RENAME_EXCHANGE)`` on Linux, two renames elsewhere) and the old run deleted. A
+  failed or interrupted run leaves the old run untouched and its own files in
+  ``NAME.incomplete-STAMP``, which the command's message names;
+- **one writer**: the folder holds a lock (:mod:`lisa_apps.folder_lock`) while a run writes
+  into it; a second writer is refused, and the lock of a process that died is taken over.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from diagnostics.files import atomic_write_bytes, atomic_write_text, library_versions
+from lisa_apps.folder_lock import LOCK, FolderLock, LockedError, describe, lock_holder
 
-__all__ = ["MANIFEST", "OutputError", "RunFolder", "check_output_file", "interrupted_runs"]
+__all__ = [
+    "MANIFEST",
+    "LockedError",
+    "OutputError",
+    "RunFolder",
+    "check_output_file",
+    "interrupted_runs",
+    "manifest_command",
+]
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "lisa-run.json"
 
@@ -47,13 +70,17 @@ def interrupted_runs() -> list[RunFolder]:
     return found
 
 
-def _writable_ancestor(path: Path, label: str) -> Path:
-    """The nearest existing ancestor of ``path``; refuse a file on the way or no permission."""
+def _writable_ancestor(path: Path, label: str, shown: Path | None = None) -> Path:
+    """The nearest existing ancestor of ``path``; refuse a file on the way or no permission.
+
+    ``shown`` is the path the message names (the file the user passed, not its folder).
+    """
+    shown = path if shown is None else shown
     for ancestor in [path, *path.parents]:
         if ancestor.exists():
             if not ancestor.is_dir():
                 where = "" if ancestor == path else f": {ancestor} is a file, not a folder"
-                raise OutputError(f"{label} {path}{where or ' is a file'}; pass a folder path")
+                raise OutputError(f"{label} {shown}{where or ' is a file'}; pass a folder path")
             break
     else:  # pragma: no cover - the root always exists
         ancestor = Path("/")
@@ -61,15 +88,40 @@ def _writable_ancestor(path: Path, label: str) -> Path:
         probe = tempfile.mkdtemp(prefix=".lisa-probe-", dir=ancestor)
     except OSError as error:
         raise OutputError(
-            f"{label} {path}: cannot write in {ancestor} ({error.strerror}); choose a folder "
-            "you can write to"
+            f"{label} {shown}: cannot write in {ancestor.resolve()} ({error.strerror}); choose a "
+            "place you can write to"
         ) from None
     os.rmdir(probe)
     return ancestor
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, label: str = "--out"):
+def _nonempty(path: str | os.PathLike, label: str) -> Path:
+    if not str(path).strip():
+        raise OutputError(f"{label} is empty; pass a path")
+    return Path(path)
+
+
+def manifest_command(folder: str | os.PathLike) -> str | None:
+    """The command recorded in ``folder``'s manifest, or None without a readable one."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    label: str = "--out",
+    owned: Callable[[Path], bool] | None = None,
+    kind: str = "file",
+):
     """Refuse an output file that exists (unless ``overwrite``) or cannot be written.
+
+    With ``overwrite``, an existing file is replaced only when ``owned(path)`` says this project
+    wrote it (e.g. a policy JSON); without ``owned`` any earlier file may be replaced.
 
     Example:
         >>> import tempfile
@@ -81,23 +133,58 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, label
         ...
         lisa_apps.outputs.OutputError: --out ... already exists; pass --overwrite to replace it or choose another file
     """
-    target = Path(path)
+    target = _nonempty(path, label)
     if target.is_dir():
         raise OutputError(f"{label} {target} is a folder; pass a file path")
     if target.exists() and not overwrite:
         raise OutputError(
             f"{label} {target} already exists; pass --overwrite to replace it or choose another file"
         )
-    _writable_ancestor(target.parent, label)
+    if target.exists() and owned is not None and not owned(target):
+        raise OutputError(
+            f"{label} {target} is not a {kind} written by lisa; --overwrite replaces only those, "
+            "so choose another file"
+        )
+    _writable_ancestor(target.parent, label, shown=target)
     return target
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(
+        at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange
+    )
+    return result == 0
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def _shown(names: list[str], limit: int = 6) -> str:
+    """Whole names, at most ``limit`` of them, and how many more."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 class RunFolder:
     """The output folder of one run: checked first, a manifest of what it wrote, no mixing.
 
+    While the run writes, ``path`` is the folder it writes into: ``target`` itself, or with
+    ``overwrite`` of an earlier run a staging folder beside it, swapped in when the run
+    finishes. ``target`` is always the folder the user named.
+
     Args:
         path: the folder (created when opened).
-        command: what writes it, e.g. "lisa train" (recorded in the manifest).
+        command: what writes it, e.g. "lisa train" (recorded in the manifest; ``overwrite``
+            replaces only a run of the same command).
         arguments: the settings to record (JSON-able; others are written as text).
         overwrite: replace an earlier run's results in ``path``.
         label: how messages name the folder, e.g. "--out".
@@ -124,7 +211,8 @@ class RunFolder:
         overwrite: bool = False,
         label: str = "--out",
     ) -> None:
-        self.path = Path(path)
+        self.target = _nonempty(path, label)
+        self.path = self.target
         self.command = command
         self.arguments = dict(arguments or {})
         self.overwrite = overwrite
@@ -132,45 +220,69 @@ class RunFolder:
         self.written: list[str] = []
         self.status = "new"
         # True when this run continues the earlier one in the folder (a resumed study): open()
-        # then keeps the earlier files instead of removing them.
+        # then writes into it and keeps the earlier files.
         self.resuming = False
+        # Where a failed or interrupted replacement left its files (None otherwise).
+        self.incomplete: Path | None = None
         self._parent: RunFolder | None = None
+        self._lock: FolderLock | None = None
+        self._replacing = False
 
     # before any work ---------------------------------------------------------------------------
 
     def check(self) -> RunFolder:
         """Raise OutputError if the folder cannot hold this run; nothing is created."""
-        path = self.path
+        path = self.target
         if path.exists() and not path.is_dir():
             raise OutputError(f"{self.label} {path} is a file; pass a folder path")
         _writable_ancestor(path, self.label)
-        if path.is_dir():
-            entries = sorted(p.name for p in path.iterdir())
-            if entries:
-                manifest = path / MANIFEST
-                if not self.overwrite:
-                    shown = ", ".join(e for e in entries if e != MANIFEST)[:120] or MANIFEST
-                    owner = "a run's results" if manifest.is_file() else "files"
-                    raise OutputError(
-                        f"{self.label} {path} already holds {owner} ({shown}); pass --overwrite "
-                        "to replace them or choose a new folder"
-                    )
-                if not manifest.is_file():
-                    raise OutputError(
-                        f"{self.label} {path} is not empty and holds no {MANIFEST}, so it is not "
-                        "an earlier run's folder; --overwrite replaces only those; choose a new "
-                        "or empty folder"
-                    )
+        if not path.is_dir():
+            return self
+        holder = lock_holder(path)
+        if holder is not None:
+            raise OutputError(describe(path, holder, self.label))
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+        if not entries:
+            return self
+        manifest = path / MANIFEST
+        if not self.overwrite:
+            shown = _shown([e for e in entries if e != MANIFEST]) or MANIFEST
+            owner = "a run's results" if manifest.is_file() else "files"
+            raise OutputError(
+                f"{self.label} {path} already holds {owner} ({shown}); pass --overwrite "
+                "to replace them or choose a new folder"
+            )
+        if not manifest.is_file():
+            raise OutputError(
+                f"{self.label} {path} is not empty and holds no {MANIFEST}, so it is not "
+                "an earlier run's folder; --overwrite replaces only those; choose a new "
+                "or empty folder"
+            )
+        earlier = manifest_command(path)
+        if earlier != self.command:
+            raise OutputError(
+                f"{self.label} {path} holds a run of `{earlier or 'an unknown command'}`; "
+                f"--overwrite replaces only an earlier `{self.command}` run; choose a new folder"
+            )
         return self
 
     # the run ------------------------------------------------------------------------------------
 
     def open(self) -> RunFolder:
-        """Create the folder, remove an earlier run's files (with overwrite), start the manifest."""
+        """Lock the folder, start the manifest; with overwrite, write into a staging folder."""
         self.check()
-        if self.path.is_dir() and (self.path / MANIFEST).is_file() and not self.resuming:
-            self._remove_earlier_run()
-        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.target
+        target.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(target, command=self.command, label=self.label)
+        try:
+            self._lock.acquire()
+        except LockedError as error:
+            raise OutputError(str(error)) from None
+        self._replacing = (target / MANIFEST).is_file() and not self.resuming
+        if self._replacing:
+            staging = target.parent / f"{target.name}.in-progress-{_stamp()}-{os.getpid()}"
+            staging.mkdir()
+            self.path = staging
         self.status = "running"
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._write_manifest()
@@ -178,20 +290,45 @@ class RunFolder:
             _OPEN.append(self)
         return self
 
-    def _remove_earlier_run(self) -> None:
+    def _swap_in(self) -> None:
+        """Make the finished staging folder the target; delete the earlier run."""
+        staging, target = self.path, self.target
+        self._carry_users_files(target, staging)
+        if _exchange(staging, target):
+            old = staging
+        else:  # two renames: the earlier run is aside for an instant, never lost
+            old = target.parent / f".{target.name}.lisa-old-{_stamp()}-{os.getpid()}"
+            os.rename(target, old)
+            os.rename(staging, target)
+        self.path = target
+        if self._lock is not None:
+            self._lock.held = False  # the lock file left with the earlier run's folder
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _carry_users_files(self, old: Path, new: Path) -> None:
+        """Move entries of the earlier folder that no run wrote (the user's own) into the new one."""
         try:
-            earlier = json.loads((self.path / MANIFEST).read_text())
-            names = [str(n) for n in earlier.get("files", [])]
+            earlier = json.loads((old / MANIFEST).read_text()).get("files", [])
         except (OSError, ValueError, AttributeError):
-            names = []
-        for name in [*names, MANIFEST]:
-            target = (self.path / name).resolve()
-            if self.path.resolve() not in target.parents:
-                continue  # a manifest never names anything outside its folder; ignore if it does
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+            earlier = []
+        ours = {str(name).split("/")[0] for name in earlier} | {MANIFEST, LOCK}
+        for entry in old.iterdir():
+            if entry.name in ours or entry.name.startswith(".lisa-lock-"):
+                continue
+            if (new / entry.name).exists():
+                logger.warning("%s: %s clashes with this run's output; left in place", old, entry)
+                continue
+            os.rename(entry, new / entry.name)
+
+    def _set_aside(self) -> None:
+        """A failed or interrupted replacement: keep its files under a visible name."""
+        incomplete = self.target.parent / f"{self.target.name}.incomplete-{_stamp()}"
+        try:
+            os.rename(self.path, incomplete)
+        except OSError:
+            incomplete = self.path
+        self.path = incomplete
+        self.incomplete = incomplete
 
     def file(self, name: str) -> Path:
         """The path of ``name`` in the folder, recorded as written by this run."""
@@ -227,12 +364,19 @@ class RunFolder:
         return child
 
     def close(self, status: str = "finished") -> None:
-        """Mark the run finished (or interrupted, failed) in the manifest."""
+        """Mark the run finished (or interrupted, failed); swap a replacement in or set it aside."""
         if self.status != "running":
             return
         self.status = status
-        if self._parent is None:
-            self._write_manifest()
+        if self._parent is not None:
+            return
+        self._write_manifest()
+        try:
+            if self._replacing:
+                self._swap_in() if status == "finished" else self._set_aside()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
             if self in _OPEN:
                 _OPEN.remove(self)
             if status == "interrupted":
@@ -252,6 +396,17 @@ class RunFolder:
     def kept(self) -> list[Path]:
         """The files and folders this run wrote that exist now."""
         return [self.path / name for name in self.written if (self.path / name).exists()]
+
+    def kept_message(self) -> str:
+        """What an interrupted run kept, and that an earlier run it was replacing is untouched."""
+        kept = self.kept()
+        names = ", ".join(p.name for p in kept) if kept else "nothing yet"
+        if self.incomplete is None:
+            return f"kept in {self.path}: {names}"
+        return (
+            f"the earlier run in {self.target} is untouched; this run's files are in "
+            f"{self.incomplete}: {names}"
+        )
 
     def _write_manifest(self) -> None:
         if self._parent is not None:

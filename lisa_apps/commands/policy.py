@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from lisa_apps.commands.arguments import (
     apply_runtime,
@@ -147,12 +148,25 @@ def _given_flags(args: argparse.Namespace, source: str) -> None:
         )
 
 
+def _is_policy(path: Path) -> bool:
+    """True for a sampling-policy JSON that lisa wrote (the only file --overwrite replaces)."""
+    import json
+
+    from diagnostics.policy import POLICY_FORMAT
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == POLICY_FORMAT
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check every input (and derive the cheap policies); the work writes the policy."""
     from lisa_apps.outputs import check_output_file
 
     _given_flags(args, args.source)
-    out = check_output_file(args.out, overwrite=args.overwrite)
+    out = check_output_file(args.out, overwrite=args.overwrite, owned=_is_policy, kind="policy")
     if args.source == "norm-ratio":
         return _norm_ratio(args, out)
     if args.source == "file":

@@ -91,7 +91,7 @@ def test_a_manifest_never_removes_anything_outside_its_folder(tmp_path):
     outside.write_text("keep")
     run = tmp_path / "run"
     run.mkdir()
-    (run / MANIFEST).write_text(json.dumps({"files": ["../precious.txt"]}))
+    (run / MANIFEST).write_text(json.dumps({"command": "test", "files": ["../precious.txt"]}))
     with RunFolder(run, command="test", overwrite=True):
         pass
     assert outside.read_text() == "keep"
