@@ -106,3 +106,35 @@ def test_check_output_file_refuses_an_existing_file_unless_overwrite(tmp_path):
     assert check_output_file(target, overwrite=True) == target
     with pytest.raises(OutputError, match="is a folder"):
         check_output_file(tmp_path)
+
+
+def test_an_empty_out_is_refused_rather_than_taken_for_the_current_folder():
+    with pytest.raises(OutputError, match="--out is empty; pass a path"):
+        RunFolder("", command="test")
+    with pytest.raises(OutputError, match="--out is empty"):
+        check_output_file("  ")
+
+
+def test_an_unwritable_output_file_is_named_in_the_message_not_its_folder():
+    with pytest.raises(OutputError, match=r"^--out /proc/lisa-policy\.json: cannot write in /proc"):
+        check_output_file("/proc/lisa-policy.json")
+
+
+def test_a_refusal_lists_whole_names_and_how_many_more(tmp_path):
+    run = tmp_path / "run"
+    with RunFolder(run, command="test") as folder:
+        for index in range(9):
+            folder.write_text(f"a-rather-long-file-name-{index}.csv", "x")
+    with pytest.raises(OutputError, match=r"name-5\.csv and 3 more\)"):
+        RunFolder(run, command="test").check()
+
+
+def test_a_live_writer_holds_the_folder_and_a_second_one_is_refused(tmp_path):
+    first = RunFolder(tmp_path / "run", command="test").open()
+    try:
+        second = RunFolder(tmp_path / "run", command="test", overwrite=True)
+        with pytest.raises(OutputError, match=r"is being written by pid \d+ on .* \(test, since"):
+            second.check()
+    finally:
+        first.close()
+    assert not (tmp_path / "run" / ".lisa-lock").exists()
