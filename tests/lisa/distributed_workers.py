@@ -22,6 +22,14 @@ GLOBAL_BATCH = 4
 LENGTH = 12
 VOCAB = 128
 LEARNING_RATE = 1e-2
+# AdamW's eps in every compared run: at 1 (not 1e-8) a step is lr * m / (sqrt(v) + 1), which
+# moves by at most 2 * lr / eps times a change in the gradients, so float32 sums in another
+# order move the parameters by a bounded amount (the derivation is in test_distributed.py). At
+# eps 1e-8 a rounding difference in a near-zero gradient can flip a step of lr per element.
+ADAM_EPS = 1.0
+# Deliberately broken runs the parity checks must reject (see ``run_steps``).
+FAULTS = ("unreduced_block", "doubled_loss", "skipped_step")
+SKIPPED_STEP = 3
 # gamma 1 of 4 blocks, a new draw every 2 steps: three periods in six steps.
 CONFIG = LisaConfig(gamma=1, interval=2, seed=3)
 
@@ -53,15 +61,34 @@ def make_batches(steps: int = STEPS, seed: int = 0) -> list[dict[str, torch.Tens
     return batches
 
 
-def run_steps(forward, optimizer, lisa, batches, rank: int = 0, world: int = 1, on_step=None):
+def adamw(model) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS)
+
+
+def zero_active_block_grads(lisa) -> None:
+    """What a rank that skipped the gradient all-reduce of its active blocks would step with."""
+    for block in lisa.active_blocks:
+        for _, parameter in lisa.layer_map.parameters(f"block.{block}"):
+            if parameter.grad is not None:
+                parameter.grad.zero_()
+
+
+def run_steps(
+    forward, optimizer, lisa, batches, rank: int = 0, world: int = 1, on_step=None,
+    fault: str | None = None,
+):  # fmt: skip
     """The plain loop of docs/scaling.md: returns the global loss of every step.
 
     Rank r takes rows [r * B/W, (r+1) * B/W) of each global batch of B; the loss is the global
     token mean (each rank backpropagates its token sum / global count, times W because DDP and
-    FSDP2 average gradients).
+    FSDP2 average gradients). ``fault`` breaks the run on purpose (one of FAULTS): the last rank
+    steps its active block with zero gradients ("unreduced_block"), every rank backpropagates
+    twice the loss it reports ("doubled_loss"), or step SKIPPED_STEP is not taken
+    ("skipped_step").
     """
+    assert fault in (None, *FAULTS), fault
     losses = []
-    for batch in batches:
+    for index, batch in enumerate(batches):
         lisa.begin_step()
         per_rank = batch["input_ids"].shape[0] // world
         local = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
@@ -73,8 +100,12 @@ def run_steps(forward, optimizer, lisa, batches, rank: int = 0, world: int = 1, 
         local_sum = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
         )
-        (local_sum * world / tokens).backward()
-        optimizer.step()
+        scale = 2 if fault == "doubled_loss" else 1
+        (local_sum * scale * world / tokens).backward()
+        if fault == "unreduced_block" and rank == world - 1:
+            zero_active_block_grads(lisa)
+        if not (fault == "skipped_step" and index == SKIPPED_STEP):
+            optimizer.step()
         if on_step is not None:
             on_step()  # grads and the step's optimizer state are both there
         optimizer.zero_grad(set_to_none=True)
@@ -85,17 +116,34 @@ def run_steps(forward, optimizer, lisa, batches, rank: int = 0, world: int = 1, 
     return losses
 
 
+def parity_run(model, forward, optimizer, lisa, batches, rank=0, world=1, on_step=None, fault=None):
+    """``run_steps`` and what the parity checks compare: losses, draws, first-step grads, params.
+
+    The first step's gradients are full tensors (FSDP2's are gathered), taken before any
+    parameter differs between two runs.
+    """
+    first_grads: dict[str, torch.Tensor] = {}
+
+    def record() -> None:
+        if not first_grads:
+            for name, parameter in model.named_parameters():
+                if parameter.grad is not None:
+                    grad = parameter.grad
+                    first_grads[name] = (
+                        grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+                    ).clone()
+        if on_step is not None:
+            on_step()
+
+    losses = run_steps(forward, optimizer, lisa, batches, rank, world, record, fault)
+    return {"losses": losses, "history": lisa.history, "grads": first_grads, "params": _full(model)}
+
+
 def reference_run() -> dict:
     """One process, no wrapper: the run every distributed one must equal."""
     model = tiny_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    lisa = Lisa(model, optimizer, CONFIG)
-    losses = run_steps(model, optimizer, lisa, make_batches())
-    return {
-        "losses": losses,
-        "history": lisa.history,
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-    }
+    optimizer = adamw(model)
+    return parity_run(model, model, optimizer, Lisa(model, optimizer, CONFIG), make_batches())
 
 
 def _join(rank: int, world: int, port: int) -> None:
@@ -118,7 +166,7 @@ def _sharded(seed: int = 0):
     from lisa.distributed import shard_model
 
     model = shard_model(tiny_model(seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    optimizer = adamw(model)
     return model, optimizer, Lisa(model, optimizer, CONFIG)
 
 
@@ -175,10 +223,8 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
             key: int(total[key]) for key in ("parameter_bytes", "grad_bytes", "optimizer_state_bytes")
         }
 
-    results["losses"] = run_steps(model, optimizer, lisa, batches, rank, world, record_state)
+    results.update(parity_run(model, model, optimizer, lisa, batches, rank, world, record_state))
     results["state_after_step"] = state_after_step
-    results["history"] = lisa.history
-    results["params"] = _full(model)
     report = memory_report(model, optimizer)
     results["scope"] = report.attrs["scope"]
     results["report_state_bytes"] = int(report.set_index("group").loc["total", "optimizer_state_bytes"])
@@ -207,6 +253,13 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     results["resumed_losses"] = run_steps(model, optimizer, lisa, batches[RESUME_AT:], rank, world)
     results["resumed_history"] = lisa.history
     results["resumed_params"] = _full(model)
+
+    results["broken"] = {}
+    for fault in FAULTS:
+        model, optimizer, lisa = _sharded()
+        results["broken"][fault] = parity_run(
+            model, model, optimizer, lisa, batches, rank, world, fault=fault
+        )
 
     # LisaCallback drives the engine on the sharded model as a Trainer would (accelerate runs
     # no FSDP on the CPU, so its events are called here by hand, once per optimizer step).
@@ -248,9 +301,10 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
 
     _join(rank, world, port)
     results: dict = {}
+    batches = make_batches()
     model = tiny_model()
     wrapped = DistributedDataParallel(model, find_unused_parameters=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    optimizer = adamw(model)
     lisa = Lisa(wrapped, optimizer, CONFIG)
     frozen_grads: list[bool] = []
 
@@ -260,10 +314,17 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
             all(p.grad is None for p in model.parameters() if id(p) not in trained)
         )
 
-    results["losses"] = run_steps(wrapped, optimizer, lisa, make_batches(), rank, world, check_frozen)
+    results.update(parity_run(model, wrapped, optimizer, lisa, batches, rank, world, check_frozen))
     results["frozen_grads_none"] = frozen_grads
-    results["history"] = lisa.history
-    results["params"] = _full(model)
+    results["broken"] = {}
+    for fault in FAULTS:
+        model = tiny_model()
+        wrapped = DistributedDataParallel(model, find_unused_parameters=True)
+        optimizer = adamw(model)
+        lisa = Lisa(wrapped, optimizer, CONFIG)
+        results["broken"][fault] = parity_run(
+            model, wrapped, optimizer, lisa, batches, rank, world, fault=fault
+        )
 
     refusals = {}
     for case in ("no_unused", "frozen_at_wrap"):
@@ -284,6 +345,10 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     results["refusals"] = refusals
 
     results["trainer"] = trainer_run(per_device_batch=GLOBAL_BATCH // world)
+    results["trainer_broken"] = {
+        fault: trainer_run(per_device_batch=GLOBAL_BATCH // world, fault=fault)
+        for fault in TRAINER_FAULTS
+    }
     # Activation checkpointing: the Trainer's default turns find_unused_parameters off.
     try:
         trainer_run(per_device_batch=1, max_steps=1, find_unused=None, checkpointing=True)
@@ -296,13 +361,44 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+TRAINER_FAULTS = ("unreduced_block", "doubled_loss")
+
+
+def _trainer_probe(lisa_callback, fault: str | None):
+    """A callback that keeps the first step's grads and applies ``fault`` before every step."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        first_grads: dict[str, torch.Tensor] = {}
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if fault == "unreduced_block" and args.process_index == args.world_size - 1:
+                zero_active_block_grads(lisa_callback.lisa)
+            if fault == "doubled_loss":  # the grads of twice the loss the Trainer logs
+                for parameter in model.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad.mul_(2)
+            if state.global_step == 0:
+                self.first_grads = {
+                    n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+                }
+
+    return Probe()
+
+
 def trainer_run(
     per_device_batch: int,
     max_steps: int = 4,
     find_unused: bool | None = True,
     checkpointing: bool = False,
+    fault: str | None = None,
 ) -> dict:
-    """transformers.Trainer with LisaCallback; under torch.distributed env vars it runs DDP."""
+    """transformers.Trainer with LisaCallback; under torch.distributed env vars it runs DDP.
+
+    AdamW's eps is ADAM_EPS and gradients are not clipped: clipping rescales the gradient to
+    norm 1 here, which would hide a wrong loss scale from the comparison. ``fault`` (one of
+    TRAINER_FAULTS) breaks the run on purpose, as in ``run_steps``.
+    """
     import tempfile
 
     from transformers import Trainer, TrainingArguments
@@ -315,23 +411,26 @@ def trainer_run(
     model = build_tiny_model("tiny-llama", num_blocks=4, hidden=32, seed=0, max_positions=384)
     features = tokenize_examples(make_math_problems(16, seed=0), tokenizer, max_length=384)
     callback = LisaCallback(CONFIG)
+    probe = _trainer_probe(callback, fault)
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
             output_dir=output_dir, max_steps=max_steps,
             per_device_train_batch_size=per_device_batch, learning_rate=LEARNING_RATE,
+            adam_epsilon=ADAM_EPS, max_grad_norm=0.0,
             lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
             use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
-            ddp_find_unused_parameters=find_unused, gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            ddp_find_unused_parameters=find_unused, activation_checkpointing=checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
         )  # fmt: skip
         trainer = Trainer(
             model, args, train_dataset=features, data_collator=DataCollator(tokenizer),
-            callbacks=[callback],
+            callbacks=[callback, probe],
         )  # fmt: skip
         trainer.train()
     return {
         "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row],
         "history": callback.lisa.history,
+        "grads": probe.first_grads,
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         "parallel_mode": str(args.parallel_mode),
     }
