@@ -21,6 +21,7 @@ from lisa.defaults import (
 )
 from lisa.distributed import check_model_wrapper, check_same_draw, reshard_model, shard_model
 from lisa.engine import Lisa
+from lisa.group_rates import param_groups
 from lisa.layers import EMBED, EXTRAS, HEAD, LayerMap, block_group, block_index
 from lisa.memory import (
     grad_bytes,
@@ -83,6 +84,7 @@ __all__ = [
     "memory_report",
     "minimum_optimizer_state_bytes",
     "optimizer_state_bytes",
+    "param_groups",
     "parameter_bytes",
     "register_sampler",
     "reshard_model",
