@@ -4,7 +4,9 @@ A packed row holds several examples end to end, with ``position_ids`` that resta
 each and no attention mask. transformers (>= 4.53, ``masking_utils.find_packed_sequence_indices``)
 reads the restarts as example boundaries and builds a block-diagonal causal mask for the eager
 and SDPA attention implementations, so no token attends to another example and every example
-sees the positions it would see alone. The first label of each example is set to -100: it
+sees the positions it would see alone. It does so only without a KV cache: the forward needs
+``use_cache=False`` (:func:`model_inputs` adds it; ``finetune`` sets ``config.use_cache``),
+or the examples of a row see each other. The first label of each example is set to -100: it
 would otherwise be predicted from the previous example's last token, which an unpacked batch
 never does. So a packed batch has the same loss as the unpacked batch of the same examples
 (tests/lisa_apps/test_data_formats.py checks it), in fewer, fuller rows.
@@ -55,7 +57,15 @@ def pack_features(features: Sequence[dict], max_length: int) -> list[dict]:
 
 
 def model_inputs(batch: dict) -> dict:
-    """The forward arguments of a collated batch: ids, and the mask or the packed positions."""
-    return {
+    """The forward arguments of a collated batch: ids, and the mask or the packed positions.
+
+    A packed batch also gets ``use_cache=False``: transformers looks for example boundaries in
+    ``position_ids`` only when there is no KV cache, and a causal LM builds one by default
+    (``config.use_cache``), so a packed forward with a cache lets examples attend to each other.
+    """
+    inputs = {
         key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch
     }
+    if "position_ids" in inputs:
+        inputs["use_cache"] = False
+    return inputs
