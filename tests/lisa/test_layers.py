@@ -84,6 +84,15 @@ ZOO: dict[str, tuple[str, str, dict, bool, bool]] = {
 LORA_TARGETS: dict[str, list[str] | str] = {
     "gpt2": ["c_attn", "c_proj"],
     "gpt-bigcode": ["c_attn"],
+    # transformers 5 fuses MoE experts into 3-D parameters; peft maps "all-linear" on Mixtral
+    # and Qwen3-MoE to its v4 names and adds rank/alpha patterns that then match no module (a
+    # RuntimeWarning). Name the real modules, and adapt the experts as parameters instead.
+    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
+    "qwen3-moe": ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
+}
+LORA_PARAMETERS: dict[str, list[str]] = {
+    "mixtral": ["experts.gate_up_proj", "experts.down_proj"],
+    "qwen3-moe": ["experts.gate_up_proj", "experts.down_proj"],
 }
 
 
@@ -169,13 +178,18 @@ def test_groups_hold_the_expected_modules(family, embed_extra, head_part, extras
 
 
 @pytest.mark.parametrize("family", [f for f in ZOO if f != "llama-tied"])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. peft: a rank_pattern that matches nothing
 def test_lora_parameters_belong_to_the_block_that_holds_them(family):
     from peft import LoraConfig, get_peft_model
 
     model = build(family)
     targets = LORA_TARGETS.get(family, "all-linear")
     task = "SEQ_CLS" if ZOO[family][1] == "SequenceClassification" else None
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, task_type=task))
+    config = LoraConfig(
+        r=2, target_modules=targets, target_parameters=LORA_PARAMETERS.get(family), task_type=task,
+        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
+    )  # fmt: skip
+    peft_model = get_peft_model(model, config)
     layer_map = LayerMap.from_model(peft_model)
 
     assert_partition(layer_map, peft_model)
