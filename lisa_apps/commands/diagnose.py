@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_data_options,
     add_distributed,
     add_output,
     add_runtime,
@@ -41,7 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"smollm2-135m, tiny-llama, ... or a local folder (default {DEFAULT_MODEL})",
     )
-    parser.add_argument("--data", default="math", help="'math' (generated) or a .jsonl file")
+    parser.add_argument(
+        "--data",
+        default="math",
+        help="'math' (generated) or a data set file, folder or hub name (see docs/data.md)",
+    )
+    add_data_options(parser, held_out=False)
     parser.add_argument(
         "--steps",
         type=positive_int,
@@ -173,7 +179,9 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             f"that probability need gamma >= {args.floor * info.num_blocks:g}; use --floor <= "
             f"{args.gamma / info.num_blocks:g}"
         )
-    examples = load_data(args.data, split="train", num_examples=args.num_examples, seed=args.seed)
+    examples = load_data(
+        args.data, split="train", num_examples=args.num_examples, seed=args.seed, args=args
+    )
     command = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     main_rank, folder = claim_output(args, "lisa diagnose")
 
