@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_data_options,
     add_output,
     add_runtime,
     apply_runtime,
@@ -54,7 +55,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model", default=DEFAULT_MODEL,
         help=f"smollm2-135m, tiny-llama, ... or a local folder (default {DEFAULT_MODEL})",
     )  # fmt: skip
-    parser.add_argument("--data", default="math", help="'math' (generated) or a .jsonl file")
+    parser.add_argument(
+        "--data",
+        default="math",
+        help="'math' (generated) or a data set file, folder or hub name (see docs/data.md)",
+    )
+    add_data_options(parser)
     parser.add_argument(
         "--methods", type=csv_choices(METHODS), default=METHODS,
         help=f"comma list of {', '.join(METHODS)} (default all)",
@@ -182,11 +188,13 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     info = inspect_model(args.model)
     for gamma in args.gammas:
         check_gamma(gamma, info.num_blocks, args.model, "--gammas")
-    load_data(args.data, split="test", num_examples=args.test_examples, seed=0)
+    load_data(args.data, split="test", num_examples=args.test_examples, seed=0, args=args)
     pool = args.train_examples + args.val_examples if args.data == "math" else None
-    load_data(args.data, split="train", num_examples=pool, seed=0)
+    load_data(args.data, split="train", num_examples=pool, seed=0, args=args)
     settings = StudySettings(
         model=args.model, data=args.data, methods=args.methods, policies=args.policies,
+        data_format=args.data_format, data_split=args.data_split, data_columns=args.data_columns,
+        eval_data=args.eval_data,
         seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr_factors=args.lr_factors, tune_seeds=args.tune_seeds,
         gammas=args.gammas, intervals=args.intervals, state_policies=args.state_policies,

@@ -197,7 +197,7 @@ def run_study(
     precision = resolve_precision(settings.precision, device)
     pool = load_examples(
         settings.data, split="train", num_examples=settings.train_examples + settings.val_examples
-        if settings.data == "math" else None, seed=0,
+        if settings.data == "math" else None, seed=0, **settings.data_options(),
     )  # fmt: skip
     if len(pool) <= settings.val_examples:
         raise ValueError(
@@ -208,7 +208,10 @@ def run_study(
     train, validation = pool[: -settings.val_examples], pool[-settings.val_examples :]
     if settings.data != "math":
         train = train[: settings.train_examples]
-    test = load_examples(settings.data, split="test", num_examples=settings.test_examples, seed=0)
+    test = load_examples(
+        settings.data, split="test", num_examples=settings.test_examples, seed=0,
+        **settings.data_options(),
+    )  # fmt: skip
     data = {"train": train, "validation": validation, "test": test}
 
     with folder:

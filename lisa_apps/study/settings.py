@@ -83,7 +83,9 @@ class StudySettings:
 
     Args:
         model: built-in model name or folder.
-        data: ``"math"`` or a .jsonl file.
+        data: ``"math"`` or a data set (see :func:`lisa_apps.data.load_examples`).
+        data_format, data_split, data_columns, eval_data: its layout (a format, a split of a
+            saved folder or hub set, ``"field=column,..."`` renames) and a separate held-out set.
         methods: among ``"ft"``, ``"lora"``, ``"lisa"``.
         policies: LISA policies (see :data:`POLICY_NAMES`); the first is the reference that
             paired differences are taken against when it is ``uniform``.
@@ -107,6 +109,10 @@ class StudySettings:
 
     model: str = "smollm2-135m"
     data: str = "math"
+    data_format: str | None = None
+    data_split: str | None = None
+    data_columns: str | None = None
+    eval_data: str | None = None
     methods: tuple[str, ...] = METHODS
     policies: tuple[str, ...] = ("uniform",)
     seeds: int = 3
@@ -239,6 +245,17 @@ class StudySettings:
         """The sweep of a variant: its method's default rate times each factor (3 digits)."""
         default = DEFAULT_LEARNING_RATES[variant.method]
         return tuple(float(f"{default * factor:.3g}") for factor in self.lr_factors)
+
+    def data_options(self) -> dict[str, Any]:
+        """The loader options of ``data`` (keyword arguments of ``load_examples``)."""
+        from lisa_apps.data.formats import parse_columns
+
+        return {
+            "data_format": self.data_format,
+            "data_split": self.data_split,
+            "columns": parse_columns(self.data_columns) or None,
+            "eval_data": self.eval_data,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings (tuples as lists), what the manifest records and compares."""
