@@ -79,7 +79,11 @@ def csv_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
 
 def add_output(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    """--out (a folder this run owns) and --overwrite."""
+    """--out (a folder this run owns) and --overwrite; also --config, a YAML recipe of the
+    command's options (:mod:`lisa_apps.recipes`), which every command with an --out takes."""
+    from lisa_apps.recipes import add_recipe_option
+
+    add_recipe_option(parser)
     parser.add_argument(
         "--out",
         default=default,

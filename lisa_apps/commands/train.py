@@ -17,13 +17,16 @@ from lisa_apps.commands.arguments import (
     check_distributed,
     check_gamma,
     claim_output,
+    csv_choices,
     load_data,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
 
 DEFAULT_STEPS = 60
+COMMAND = "lisa train"
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_EVAL_EXAMPLES = 32
@@ -52,6 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     from lisa_apps.models import DEFAULT_MODEL
     from lisa_apps.training import METHODS
+    from lisa_apps.training.config import DEFAULT_STEPS, REPORT_TARGETS
 
     rates = ", ".join(f"{method} {rate:g}" for method, rate in DEFAULT_LEARNING_RATES.items())
     parser.add_argument(
@@ -75,7 +79,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=positive_int,
         default=DEFAULT_STEPS,
+        action=_Given,
         help=f"optimizer steps (default {DEFAULT_STEPS})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_float,
+        default=None,
+        help="passes over the training examples, instead of --steps (may be fractional)",
     )
     add_output(parser, None, "metrics, history, plot and the trained model")
     lisa = parser.add_argument_group("LISA")
@@ -151,6 +162,71 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="do not save the trained model (LoRA: adapters) in --out/model",
     )
     training.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    training.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA: save the model with the adapters merged in (a plain model), not the adapters",
+    )
+    schedule = parser.add_argument_group("schedule (each as transformers.Trainer means it)")
+    schedule.add_argument(
+        "--lr-scheduler",
+        default="constant",
+        help="a transformers scheduler: linear, cosine, constant_with_warmup, ... (default "
+        "constant)",
+    )
+    schedule.add_argument(
+        "--warmup-steps", type=nonnegative_int, default=0, help="linear warm-up steps"
+    )
+    schedule.add_argument(
+        "--warmup-ratio",
+        type=nonnegative_float,
+        default=0.0,
+        help="warm-up as a fraction of the steps, in [0, 1) (instead of --warmup-steps)",
+    )
+    schedule.add_argument(
+        "--grad-accum",
+        type=positive_int,
+        default=1,
+        help="micro-batches of --batch-size per optimizer step (default 1)",
+    )
+    schedule.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        default=0.0,
+        help="AdamW weight decay, not on biases and norms (default 0)",
+    )
+    schedule.add_argument(
+        "--max-grad-norm",
+        type=nonnegative_float,
+        default=1.0,
+        help="clip the gradient norm to this; 0 clips nothing (default 1.0)",
+    )
+    saving = parser.add_argument_group("checkpoints and tracking")
+    saving.add_argument(
+        "--save-steps",
+        type=positive_int,
+        default=None,
+        help="write --out/checkpoint-N every N steps (one process and ddp)",
+    )
+    saving.add_argument(
+        "--save-total-limit",
+        type=positive_int,
+        default=None,
+        help="keep only the newest N checkpoints (default all)",
+    )
+    saving.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="continue the run in --out from its newest checkpoint (auto) or from PATH, a "
+        "checkpoint-N folder",
+    )
+    saving.add_argument(
+        "--report-to",
+        type=csv_choices(("none", *REPORT_TARGETS)),
+        default=("none",),
+        help="tensorboard (event files in --out/tensorboard), wandb, or none (default)",
+    )
     add_runtime(parser, auto_precision=True)
     add_distributed(
         parser,
@@ -203,15 +279,108 @@ def _lisa_config(args, info, policy):
     return config
 
 
+class _Given(argparse.Action):
+    """Store the value and note that it was given (a default --steps yields to --epochs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"_given_{self.dest}", True)
+
+
+def _check_schedule(args: argparse.Namespace) -> None:
+    """The length, warm-up, checkpoint and tracking flags, with the flag names in errors."""
+    if args.epochs is not None:
+        if getattr(args, "_given_steps", False):
+            raise ValueError(
+                f"--steps {args.steps} and --epochs {args.epochs:g} both set the length of the "
+                "run; pass one of them"
+            )
+        args.steps = None
+    if args.warmup_steps and args.warmup_ratio:
+        raise ValueError(
+            "--warmup-steps and --warmup-ratio both set the warm-up; pass one of them"
+        )
+    if args.warmup_ratio >= 1:
+        raise ValueError(
+            f"--warmup-ratio {args.warmup_ratio:g} is a fraction of the steps; use a number in "
+            "[0, 1), or --warmup-steps"
+        )
+    if "none" in args.report_to and len(args.report_to) > 1:
+        raise ValueError("--report-to none cannot be combined with other targets; pass one")
+    args.report_to = tuple(t for t in args.report_to if t != "none")
+    if "tensorboard" in args.report_to:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ModuleNotFoundError(
+                "--report-to tensorboard needs the tensorboard package: pip install "
+                "'lisa-finetune[track]'"
+            )
+    if "wandb" in args.report_to:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ModuleNotFoundError(
+                "--report-to wandb needs the wandb package: pip install 'lisa-finetune[track]'"
+            )
+    if args.save_total_limit is not None and args.save_steps is None:
+        raise ValueError("--save-total-limit applies with --save-steps N; pass both or neither")
+    if args.merge and args.method != "lora":
+        raise ValueError(f"--merge applies to --method lora only, not {args.method}")
+    if args.merge and args.no_save_model:
+        raise ValueError("--merge saves the model; drop --merge or --no-save-model")
+    if args.resume is not None and args.overwrite:
+        raise ValueError(
+            "--resume continues the run in --out and --overwrite replaces it; pass one of them"
+        )
+
+
+def _finetune_config(**fields):
+    """FinetuneConfig(...), its errors naming the flag (steps=... -> --steps ...)."""
+    import re
+
+    from lisa_apps.training import FinetuneConfig
+
+    try:
+        return FinetuneConfig(**fields)
+    except ValueError as error:
+        message = re.sub(
+            r"^(\w+)=", lambda m: "--" + m.group(1).replace("_", "-") + " ", str(error)
+        )
+        raise ValueError(message) from None
+
+
+def _claim_for_resume(args: argparse.Namespace, model_name: str):
+    """(is rank 0, folder) of a resumed run: the earlier run's folder, continued in place."""
+    from pathlib import Path
+
+    from lisa_apps.training.checkpoints import ResumedRunFolder, resolve_resume
+
+    checkpoint = resolve_resume(
+        args.resume, args.out, command=COMMAND, model=model_name, method=args.method
+    )
+    args.resume = str(checkpoint)
+    if Path(args.out).resolve() != checkpoint.parent.resolve():
+        return claim_output(args, COMMAND)  # a new folder continues the run from PATH
+    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
+    if not main_rank:
+        return False, None
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    return True, ResumedRunFolder(args.out, command=COMMAND, arguments=arguments).check()
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check every input without loading weights; return the training run."""
     from diagnostics.policy import SamplingPolicy
     from lisa.signature import layer_signature, signature_difference
     from lisa_apps.models import DEFAULT_MODEL, inspect_model
-    from lisa_apps.training import FinetuneConfig, resolve_precision
+    from lisa_apps.training import resolve_precision
 
     check_distributed(args, "train")
     device = apply_runtime(args)
+    _check_schedule(args)
+    # The options as given (defaults filled in later stay out), for the run's recipe.yaml.
+    recorded = argparse.Namespace(**vars(args))
     policy = None
     if args.policy is not None:
         if args.method != "lisa":
@@ -236,6 +405,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             raise ValueError(f"{', '.join(lisa_flags)} apply to --method lisa only")
     model_name = args.model or (policy.provenance.get("model") if policy else None) or DEFAULT_MODEL
     args.model = model_name
+    recorded.model = model_name
     info = inspect_model(model_name)
     if policy is not None:
         if policy.num_blocks != info.num_blocks:
@@ -254,9 +424,19 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                     f"({difference}); derive one on this model with lisa diagnose"
                 )
     lisa_config = _lisa_config(args, info, policy) if args.method == "lisa" else None
-    config = FinetuneConfig(
+    config = _finetune_config(
         method=args.method,
         steps=args.steps,
+        epochs=args.epochs,
+        lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
+        warmup_ratio=args.warmup_ratio,
+        grad_accum=args.grad_accum,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        report_to=args.report_to,
         learning_rate=args.lr,
         batch_size=args.batch_size,
         max_length=args.max_length,
@@ -281,10 +461,14 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     eval_examples = load_data(
         args.data, split="test", num_examples=args.eval_examples, seed=args.seed, args=args
     )
-    main_rank, folder = claim_output(args, "lisa train")
+    if args.resume is not None:
+        main_rank, folder = _claim_for_resume(args, model_name)
+    else:
+        main_rank, folder = claim_output(args, COMMAND)
 
     def work() -> int:
         from lisa_apps.models import load_model
+        from lisa_apps.recipes import RECIPE_FILE, resolved_recipe
         from lisa_apps.training import finetune
         from lisa_apps.training.distributed import run_in_process_group
 
@@ -292,14 +476,18 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         if main_rank:
             print(
                 f"lisa train: {args.method} on {model_name}, {len(train_examples)} train / "
-                f"{len(eval_examples)} held-out examples from {args.data!r}, {args.steps} "
-                f"steps, lr {config.resolved_learning_rate:g}, batch {args.batch_size}, "
+                f"{len(eval_examples)} held-out examples from {args.data!r}, "
+                f"{config.training_steps(len(train_examples))} steps, lr "
+                f"{config.resolved_learning_rate:g} ({args.lr_scheduler}), batch "
+                f"{args.batch_size}{f' x {args.grad_accum}' if args.grad_accum > 1 else ''}, "
                 f"{config.device} ({config.precision})"
                 + (f", {args.distributed}" if args.distributed else "")
             )
 
         def train() -> dict:
             with folder if folder is not None else contextlib.nullcontext():
+                if folder is not None:
+                    folder.write_text(RECIPE_FILE, resolved_recipe(recorded))
                 model, tokenizer = load_model(model_name, seed=args.seed)
                 return finetune(
                     model,
@@ -311,6 +499,9 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                     save_model=not args.no_save_model,
                     progress=not args.no_progress and main_rank,
                     evaluate_before=not args.skip_before,
+                    resume_from=args.resume,
+                    checkpoint_dir=args.out,
+                    merge_lora=args.merge,
                 ).metrics
 
         metrics = run_in_process_group(train, device) if args.distributed else train()

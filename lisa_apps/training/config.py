@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,35 @@ from lisa.defaults import (
 )
 from lisa.validation import check_fraction, check_int, check_positive_float
 
-__all__ = ["METHODS", "FinetuneConfig"]
+__all__ = ["DEFAULT_STEPS", "METHODS", "REPORT_TARGETS", "FinetuneConfig", "lr_scheduler_names"]
 
 METHODS = ("lisa", "lora", "ft")
+# The budget when neither steps nor epochs is given.
+DEFAULT_STEPS = 60
+# Where training logs go besides log_history.csv (transformers' report_to names).
+REPORT_TARGETS = ("tensorboard", "wandb")
+# transformers schedulers that need more than a warm-up and a length: an evaluation metric every
+# step (reduce_lr_on_plateau, greedy) or extra settings (a minimum rate, a decay length).
+_SCHEDULERS_NEEDING_MORE = {
+    "reduce_lr_on_plateau": "an evaluation metric at every step",
+    "greedy": "an evaluation metric at every step",
+    "cosine_with_min_lr": "a minimum rate (lr_scheduler_kwargs)",
+    "cosine_warmup_with_min_lr": "a minimum rate (lr_scheduler_kwargs)",
+    "warmup_stable_decay": "a decay length (lr_scheduler_kwargs)",
+}
+
+
+def lr_scheduler_names() -> tuple[str, ...]:
+    """The transformers scheduler names a run accepts (transformers.SchedulerType, less those
+    that need an evaluation metric or extra settings).
+
+    Example:
+        >>> lr_scheduler_names()[:3]
+        ('linear', 'cosine', 'cosine_with_restarts')
+    """
+    from transformers import SchedulerType
+
+    return tuple(s.value for s in SchedulerType if s.value not in _SCHEDULERS_NEEDING_MORE)
 
 
 @dataclass(frozen=True)
@@ -28,7 +55,11 @@ class FinetuneConfig:
 
     Args:
         method: ``"lisa"``, ``"lora"`` or ``"ft"``.
-        steps: optimizer steps (the budget).
+        steps: optimizer steps (the budget); ``None`` with ``epochs`` unset means
+            ``DEFAULT_STEPS`` (60). Give ``steps`` or ``epochs``, not both.
+        epochs: passes over the training examples instead of ``steps`` (may be fractional):
+            ``ceil(epochs * ceil(ceil(examples / batch_size) / grad_accum))`` steps, as
+            transformers.Trainer counts them.
         learning_rate: AdamW learning rate; ``None`` takes
             ``lisa.defaults.DEFAULT_LEARNING_RATES[method]``.
         batch_size: training examples per step.
@@ -37,9 +68,26 @@ class FinetuneConfig:
             attending only to itself (:func:`lisa_apps.data.pack_features`).
         drop_long: drop examples longer than ``max_length`` instead of cutting their end.
         seed: seed for data order, LoRA init and the LISA schedule (unless ``lisa`` sets one).
-        lr_scheduler: a transformers scheduler name; ``"constant"`` keeps short runs comparable.
-        warmup_steps: linear warm-up steps.
-        weight_decay: AdamW weight decay.
+        lr_scheduler: a transformers scheduler name (:func:`lr_scheduler_names`);
+            ``"constant"`` (no warm-up) keeps short runs comparable.
+        warmup_steps: linear warm-up steps (from 0 to the learning rate).
+        warmup_ratio: warm-up as a fraction of the steps, ``ceil(steps * ratio)``; give it or
+            ``warmup_steps``, not both.
+        grad_accum: micro-batches of ``batch_size`` examples per optimizer step (gradient
+            accumulation); a step then takes ``batch_size * grad_accum`` examples.
+        weight_decay: AdamW weight decay (not on biases and norm weights, as the Trainer does).
+        lr_embed, lr_head, lr_extras: absolute learning rates of the embedding, the head and the
+            extras (final norm, ...); ``None``: the learning rate. LISA and FT only (LoRA trains
+            none of them); on a model with tied E/H the shared weight takes ``lr_embed``
+            (:func:`lisa.param_groups`).
+        weight_decay_embed, weight_decay_head, weight_decay_extras: their weight decays;
+            ``None``: ``weight_decay``.
+        max_grad_norm: clip the global gradient norm to this before each step; 0 = no clipping.
+        save_steps: write a checkpoint every this many steps (``None``: none); needs an output
+            folder. One process and DDP (the Trainer) only.
+        save_total_limit: keep at most this many newest checkpoints (``None``: all).
+        report_to: where logs go besides ``log_history.csv``: any of ``REPORT_TARGETS``
+            (``"tensorboard"`` writes event files into the run folder's ``tensorboard/``).
         lora_rank: LoRA rank ``r``.
         lora_alpha: LoRA scale numerator (update = alpha / r * B @ A); ``None`` takes
             ``lisa.defaults.default_lora_alpha(r)`` (2 r).
@@ -65,7 +113,8 @@ class FinetuneConfig:
     """
 
     method: str = "lisa"
-    steps: int = 60
+    steps: int | None = None
+    epochs: float | None = None
     learning_rate: float | None = None
     batch_size: int = 4
     max_length: int = 256
@@ -74,7 +123,19 @@ class FinetuneConfig:
     seed: int = 0
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    grad_accum: int = 1
     weight_decay: float = 0.0
+    lr_embed: float | None = None
+    lr_head: float | None = None
+    lr_extras: float | None = None
+    weight_decay_embed: float | None = None
+    weight_decay_head: float | None = None
+    weight_decay_extras: float | None = None
+    max_grad_norm: float = 1.0
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    report_to: tuple[str, ...] = ()
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
@@ -90,18 +151,32 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not one of {METHODS}")
-        for name in ("steps", "batch_size", "lora_rank", "eval_batch_size", "max_new_tokens"):
+        self._check_budget()
+        for name in ("batch_size", "grad_accum", "lora_rank", "eval_batch_size", "max_new_tokens"):
             check_int(name, getattr(self, name))
         check_int("max_length", self.max_length, minimum=2, hint="a prompt and a response token")
         check_int("seed", self.seed, minimum=0)
-        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        self._check_schedule()
+        for name in ("save_steps", "save_total_limit"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), hint="or None")
+        report_to = (self.report_to,) if isinstance(self.report_to, str) else self.report_to
+        object.__setattr__(self, "report_to", tuple(report_to))
+        for target in self.report_to:
+            if target not in REPORT_TARGETS:
+                raise ValueError(
+                    f"report_to={target!r} is not one of {REPORT_TARGETS}; leave it empty to write "
+                    "log_history.csv only"
+                )
         if self.learning_rate is not None:
             check_positive_float("learning_rate", self.learning_rate, hint="or None for the default")
         if self.lora_alpha is not None:
             check_positive_float("lora_alpha", self.lora_alpha, hint="or None for 2 * rank")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        for name in ("weight_decay", "max_grad_norm"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a number >= 0")
         check_fraction("lora_dropout", self.lora_dropout)
+        self._check_group_settings()
         if self.lisa is not None and self.method != "lisa":
             raise ValueError(
                 f"a LisaConfig was given with method={self.method!r}; use method='lisa' or drop it"
@@ -116,6 +191,97 @@ class FinetuneConfig:
             raise ValueError(
                 f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'"
             )
+        if self.distributed == "fsdp2" and self.save_steps is not None:
+            raise ValueError(
+                f"save_steps={self.save_steps}: FSDP2 runs do not write checkpoints yet (sharded "
+                "checkpoints need torch.distributed.checkpoint); use distributed='ddp' or drop "
+                "save_steps"
+            )
+        if self.distributed == "fsdp2" and "wandb" in self.report_to:
+            raise ValueError(
+                "report_to='wandb' is not available under distributed='fsdp2' (the plain loop "
+                "writes TensorBoard only); use 'tensorboard' or distributed='ddp'"
+            )
+
+    def _check_group_settings(self) -> None:
+        for name, value in self.group_settings.items():
+            if name.startswith("lr_"):
+                check_positive_float(name, value, hint="or None for the learning rate")
+            elif isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"{name}={value!r} must be a number >= 0, or None")
+        if self.group_settings and self.method == "lora":
+            raise ValueError(
+                f"{next(iter(self.group_settings))}={next(iter(self.group_settings.values()))!r}: "
+                "LoRA trains no embedding, head or extras; drop it or use method 'lisa' or 'ft'"
+            )
+
+    @property
+    def group_settings(self) -> dict[str, float]:
+        """The per-group rates and decays given (``lr_embed``, ...), None ones left out."""
+        names = ("lr_embed", "lr_head", "lr_extras", "weight_decay_embed", "weight_decay_head",
+                 "weight_decay_extras")  # fmt: skip
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def _check_budget(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"steps={self.steps!r} and epochs={self.epochs!r} both set the length of the run; "
+                "give one of them"
+            )
+        if self.epochs is not None:
+            if not (isinstance(self.epochs, (int, float)) and 0 < self.epochs < float("inf")):
+                raise ValueError(f"epochs={self.epochs!r} must be a finite number > 0")
+            return
+        if self.steps is None:
+            object.__setattr__(self, "steps", DEFAULT_STEPS)
+        check_int("steps", self.steps, hint="optimizer steps")
+
+    def _check_schedule(self) -> None:
+        names = lr_scheduler_names()
+        if self.lr_scheduler not in names:
+            needs = _SCHEDULERS_NEEDING_MORE.get(self.lr_scheduler)
+            what = f"needs {needs}, which a run does not take" if needs else "is not a scheduler"
+            raise ValueError(
+                f"lr_scheduler={self.lr_scheduler!r} {what}; use one of {', '.join(names)}"
+            )
+        check_int("warmup_steps", self.warmup_steps, minimum=0, hint="linear warm-up steps")
+        check_fraction("warmup_ratio", self.warmup_ratio)
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set "
+                "the warm-up; give one of them"
+            )
+        if (self.warmup_steps or self.warmup_ratio) and self.lr_scheduler == "constant":
+            raise ValueError(
+                "lr_scheduler='constant' has no warm-up; use 'constant_with_warmup' or drop the "
+                "warm-up"
+            )
+
+    def training_steps(self, num_examples: int) -> int:
+        """Optimizer steps of the run on ``num_examples`` examples: ``steps``, or the epochs
+        counted as transformers.Trainer counts them on one process (a last partial batch is a
+        batch, a last partial accumulation a step).
+
+        Example:
+            >>> FinetuneConfig(epochs=1.5, batch_size=4, grad_accum=2).training_steps(30)
+            6
+        """
+        if self.epochs is None:
+            return int(self.steps)
+        batches = math.ceil(num_examples / self.batch_size)
+        per_epoch = max(math.ceil(batches / self.grad_accum), 1)
+        return math.ceil(self.epochs * per_epoch)
+
+    def warmup(self, num_steps: int) -> int:
+        """Warm-up steps of a run of ``num_steps`` steps (the Trainer's rule for a ratio).
+
+        Example:
+            >>> FinetuneConfig(lr_scheduler="cosine", warmup_ratio=0.1).warmup(25)
+            3
+        """
+        if self.warmup_ratio:
+            return math.ceil(num_steps * self.warmup_ratio)
+        return int(self.warmup_steps)
 
     @property
     def resolved_learning_rate(self) -> float:

@@ -3,14 +3,19 @@
 transformers.Trainer on the CPU cannot shard with FSDP2 (accelerate then runs DDP), so the
 sharded runs of :func:`lisa_apps.training.finetune` train here: the model is sharded with
 :func:`lisa.distributed.shard_model`, AdamW is built over the sharded parameters, and LISA
-switches through :class:`lisa.engine.Lisa`. The loop follows the Trainer's settings (AdamW,
-the named learning-rate schedule, gradient clipping at 1.0) and writes the same log rows, so
-the two paths share evaluation and result files.
+switches through :class:`lisa.engine.Lisa`. The loop follows the Trainer's settings, so they
+mean the same on both paths: AdamW with weight decay on the parameters the Trainer decays (not
+biases and norm weights), the named schedule from ``transformers.get_scheduler`` with the same
+warm-up and length (epochs counted as the Trainer counts them), gradient accumulation and
+clipping at ``max_grad_norm``; it writes the same log rows (the learning rate logged at a step
+is the one that step used, as the Trainer logs it), so the two paths share evaluation and
+result files.
 
-Every step takes a global batch of ``batch_size`` examples from a seeded permutation; rank r
-of W takes its r-th contiguous slice. The loss is the global token mean,
+Every step takes ``grad_accum`` global micro-batches of ``batch_size`` examples from a seeded
+permutation; rank r of W takes its r-th contiguous slice of each. The loss is the global token
+mean over the step,
 
-    loss = sum over the global batch of -log p(label token) / number of label tokens,
+    loss = sum over the step's micro-batches of -log p(label token) / number of label tokens,
 
 so each rank backpropagates its local sum divided by the global count (times W: FSDP2 and DDP
 average gradients over the ranks). A run on W ranks therefore equals a one-process run on the
@@ -35,17 +40,14 @@ from lisa_apps.training.config import FinetuneConfig
 from lisa_apps.training.distributed import device_mesh, rank_and_world
 
 __all__ = [
-    "MAX_GRAD_NORM",
     "LoopRun",
     "global_batches",
+    "optimizer_parameter_groups",
     "save_full_model",
     "train_loop",
 ]
 
 logger = logging.getLogger(__name__)
-
-# transformers.TrainingArguments' default max_grad_norm, so both paths clip alike.
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass
@@ -59,6 +61,8 @@ class LoopRun:
         training_loss: mean of the per-step global losses.
         optimizer: the AdamW that trained it (its state is this rank's).
         lisa: the LISA engine, or None.
+        first_step: the steps already taken when this process started (a resumed run's
+            checkpoint step; 0 otherwise).
     """
 
     model: Any
@@ -66,6 +70,7 @@ class LoopRun:
     training_loss: float
     optimizer: torch.optim.Optimizer
     lisa: Lisa | None
+    first_step: int = 0
 
 
 def global_batches(num_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -118,6 +123,7 @@ def train_loop(
     device: torch.device,
     precision: str,
     progress: bool = False,
+    writer=None,
 ) -> LoopRun:
     """Train ``model`` for ``config.steps`` steps, sharded with FSDP2 inside a process group.
 
@@ -132,6 +138,8 @@ def train_loop(
         device: this rank's device.
         precision: "float32", "bf16-mixed" or "bf16".
         progress: show a tqdm bar on rank 0.
+        writer: receives every log row (``writer.log(row)``), e.g. a
+            :class:`lisa_apps.training.tracking.TensorBoardWriter` on rank 0; None for none.
 
     Returns:
         A :class:`LoopRun`.
@@ -164,44 +172,57 @@ def train_loop(
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        parameters, lr=config.resolved_learning_rate, weight_decay=config.weight_decay
+        optimizer_parameter_groups(model, config), lr=config.resolved_learning_rate
     )
     lisa = Lisa(model, optimizer, config.resolved_lisa) if config.method == "lisa" else None
+    steps = config.training_steps(len(train_features))
     scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer,
-        num_warmup_steps=config.warmup_steps,
-        num_training_steps=config.steps,
+        num_warmup_steps=config.warmup(steps),
+        num_training_steps=steps,
     )
     per_rank = config.batch_size // world
-    batches = global_batches(len(train_features), config.batch_size, config.steps, config.seed)
+    accumulation = config.grad_accum
+    micro_batches = global_batches(
+        len(train_features), config.batch_size, steps * accumulation, config.seed
+    )
     rows: list[dict[str, Any]] = []
     freed_at_last_log = 0
-    bar = tqdm(batches, desc="training", disable=not progress or rank != 0, leave=False)
-    for step, batch_ids in enumerate(bar):
+    bar = tqdm(range(steps), desc="training", disable=not progress or rank != 0, leave=False)
+    for step in bar:
         if lisa is not None:
             lisa.begin_step(step)
-        local_ids = batch_ids[rank * per_rank : (rank + 1) * per_rank]
-        batch = collator([train_features[i] for i in local_ids])
-        batch = {key: value.to(device) for key, value in batch.items()}
-        tokens = _all_reduce_sum(_label_tokens(batch["labels"]).to(device), world)
-        with autocast(device, precision):
-            local_sum = _local_loss_sum(model, batch)
-        # DDP and FSDP2 average gradients over ranks: scale by W to get the global token mean.
-        (local_sum * world / tokens.clamp(min=1)).backward()
+        batches = []
+        for batch_ids in micro_batches[step * accumulation : (step + 1) * accumulation]:
+            local_ids = batch_ids[rank * per_rank : (rank + 1) * per_rank]
+            batch = collator([train_features[i] for i in local_ids])
+            batches.append({key: value.to(device) for key, value in batch.items()})
+        # The step's label tokens over every micro-batch and rank: the loss is their mean.
+        local_tokens = sum(_label_tokens(batch["labels"]) for batch in batches)
+        tokens = _all_reduce_sum(local_tokens.to(device), world).clamp(min=1)
+        step_sum = torch.zeros((), device=device)
+        for batch in batches:
+            with autocast(device, precision):
+                local_sum = _local_loss_sum(model, batch)
+            # DDP and FSDP2 average gradients over ranks: scale by W to get the global token mean.
+            (local_sum * world / tokens).backward()
+            step_sum += local_sum.detach().float()
+        with_grad = [p for p in parameters if p.grad is not None]
+        # max_grad_norm 0 clips nothing (as in the Trainer) but the norm is still reported.
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in parameters if p.grad is not None], MAX_GRAD_NORM
+            with_grad, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
         )
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = _all_reduce_sum(local_sum.detach().float(), world) / tokens.clamp(min=1)
+        loss = _all_reduce_sum(step_sum, world) / tokens
         row = {
             "loss": float(loss),
             "grad_norm": float(_full(grad_norm)),
             "learning_rate": learning_rate,
-            "epoch": (step + 1) * config.batch_size / len(train_features),
+            "epoch": (step + 1) * config.batch_size * accumulation / len(train_features),
             "step": step + 1,
         }
         if lisa is not None:
@@ -209,12 +230,48 @@ def train_loop(
             row["lisa_freed_bytes"] = lisa.freed_bytes_total - freed_at_last_log
             freed_at_last_log = lisa.freed_bytes_total
         rows.append(row)
+        if writer is not None:
+            writer.log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
     bar.close()
     model.eval()
     log_history = pd.DataFrame(rows)
     training_loss = float(log_history["loss"].mean()) if rows else float("nan")
     return LoopRun(model, log_history, training_loss, optimizer, lisa)
+
+
+def optimizer_parameter_groups(model, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """The AdamW groups of a run, on both paths: the Trainer's two decay groups, or, with
+    per-group rates or decays (``config.group_settings``), :func:`lisa.param_groups` with the
+    Trainer's rule for what is not decayed."""
+    if not config.group_settings:
+        return _parameter_groups(model, config.weight_decay)
+    from transformers import Trainer
+
+    from lisa import param_groups
+
+    decayed = set(Trainer.get_decay_parameter_names(None, model))
+    return param_groups(
+        model,
+        lr=config.resolved_learning_rate,
+        weight_decay=config.weight_decay,
+        no_decay=lambda name, _: name not in decayed,
+        **config.group_settings,
+    )
+
+
+def _parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as transformers.Trainer builds them: decay all but biases and norm weights."""
+    from transformers import Trainer
+
+    # The Trainer's own rule (a method that does not use its instance), so both paths agree.
+    decayed = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for name, p in named if name in decayed], "weight_decay": weight_decay},
+        {"params": [p for name, p in named if name not in decayed], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def _is_sharded(model) -> bool:

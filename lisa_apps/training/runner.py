@@ -45,8 +45,14 @@ from lisa_apps.training.distributed import (
     rank_device,
 )
 from lisa_apps.training.evaluation import evaluate
-from lisa_apps.training.loop import LoopRun, save_full_model, train_loop
+from lisa_apps.training.loop import (
+    LoopRun,
+    optimizer_parameter_groups,
+    save_full_model,
+    train_loop,
+)
 from lisa_apps.training.results import FinetuneResult, trainable_parameters, write_run
+from lisa_apps.training.tracking import TENSORBOARD_FOLDER
 
 __all__ = ["FinetuneResult", "finetune", "resolve_precision"]
 
@@ -78,6 +84,9 @@ def finetune(
     save_model: bool = False,
     progress: bool = True,
     evaluate_before: bool = True,
+    resume_from: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    merge_lora: bool = False,
 ) -> FinetuneResult:
     """Train one method on ``train_examples`` and score held-out loss and accuracy around it.
 
@@ -101,6 +110,14 @@ def finetune(
             ``out_dir/model``.
         progress: show tqdm progress bars (the Trainer's, and one for generation).
         evaluate_before: also score the model before training (skip to save time).
+        resume_from: a ``checkpoint-N`` folder of an earlier run with the same settings
+            (``config.save_steps``): training continues from its step with its weights,
+            optimizer, schedule, RNG states, data position and LISA schedule (see
+            :mod:`lisa_apps.training.checkpoints`).
+        checkpoint_dir: where ``checkpoint-N`` folders go; default ``out_dir`` (under DDP every
+            rank passes it, rank 0 alone passes ``out_dir``).
+        merge_lora: LoRA: merge the adapters into the weights before saving (peft
+            ``merge_and_unload``), so ``out_dir/model`` is a plain model.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -145,6 +162,13 @@ def finetune(
         model.config.use_cache = False
     if not train_features:
         raise ValueError("no training examples; pass at least one")
+    steps = config.training_steps(len(train_features))
+    if checkpoint_dir is None and folder is not None:
+        checkpoint_dir = folder.path
+    if config.save_steps is not None and checkpoint_dir is None:
+        raise ValueError(
+            f"save_steps={config.save_steps} needs a folder for the checkpoints; pass out_dir"
+        )
     # FSDP2 moves each unit's shard to the device as it shards (1/W of the model per rank, one
     # unit at a time), so a sharded run keeps the full model on the CPU until then.
     sharded = config.distributed == "fsdp2" and world > 1
@@ -186,14 +210,24 @@ def finetune(
         with PeakMemory(device) as peak:
             start = time.perf_counter()
             if config.distributed == "fsdp2":
-                run = train_loop(
-                    model, train_features, collator, config, device=device,
-                    precision=precision, progress=progress,
-                )  # fmt: skip
+                writer = None
+                if "tensorboard" in config.report_to and folder is not None:
+                    from lisa_apps.training.tracking import TensorBoardWriter
+
+                    writer = TensorBoardWriter(folder.file(TENSORBOARD_FOLDER))
+                try:
+                    run = train_loop(
+                        model, train_features, collator, config, device=device,
+                        precision=precision, progress=progress, writer=writer,
+                    )  # fmt: skip
+                finally:
+                    if writer is not None:
+                        writer.close()
             else:
                 run = _train_with_trainer(
                     model, callbacks, train_features, collator, config, device, precision,
-                    progress, world,
+                    progress, world, folder=folder, checkpoint_dir=checkpoint_dir,
+                    resume_from=resume_from,
                 )  # fmt: skip
             elapsed = time.perf_counter() - start
         model, log_history = run.model, run.log_history
@@ -207,7 +241,9 @@ def finetune(
                 "train_loss_first": float(losses.iloc[0]) if len(losses) else None,
                 "train_loss_last": float(losses.iloc[-1]) if len(losses) else None,
                 "train_runtime_s": round(elapsed, 3),
-                "seconds_per_step": round(elapsed / config.steps, 4),
+                "steps": steps,
+                # A resumed run times only the steps it took.
+                "seconds_per_step": round(elapsed / max(steps - run.first_step, 1), 4),
                 # Measured on the optimizer that trained, after the last step (this rank's).
                 "optimizer_state_bytes": state_bytes,
                 "peak_memory_bytes": peak.peak_bytes,
@@ -215,6 +251,9 @@ def finetune(
                 "versions": library_versions(),
             }
         )
+        if resume_from is not None:
+            metrics["resumed_from"] = str(resume_from)
+            metrics["resumed_at_step"] = run.first_step
         if config.distributed is not None:
             # Every rank's own figures; under FSDP2 each holds its shards only.
             metrics["world_size"] = world
@@ -238,8 +277,11 @@ def finetune(
             if config.distributed == "fsdp2":
                 save_full_model(model, tokenizer, target)
             elif target is not None:
+                if merge_lora and config.method == "lora":
+                    # The merged model computes what the adapted one did; evaluation goes on with it.
+                    model = model.merge_and_unload()
                 model.save_pretrained(target, safe_serialization=True)
-                tokenizer.save_pretrained(target)
+                tokenizer.save_pretrained(target)  # with its chat template
         metrics["after"], predictions["after"] = evaluate(
             model, tokenizer, eval_examples, eval_features, config, progress=progress,
             label="after",
@@ -267,24 +309,54 @@ def _in_process_group() -> bool:
 
 
 def _train_with_trainer(
-    model, callbacks, train_features, collator, config, device, precision, progress, world
+    model, callbacks, train_features, collator, config, device, precision, progress, world, *,
+    folder=None, checkpoint_dir=None, resume_from=None,
 ) -> LoopRun:
     """One run of transformers.Trainer (DDP under torchrun); the same fields as the loop's."""
     from transformers import Trainer, TrainingArguments
 
+    from lisa_apps.training.checkpoints import RecordCheckpoints, checkpoint_step
+
+    saving = config.save_steps is not None
+    # Read before training: the Trainer may delete that checkpoint once it has newer ones.
+    first_step = 0 if resume_from is None else checkpoint_step(resume_from)
+    length = (
+        {"max_steps": config.steps}
+        if config.epochs is None
+        else {"max_steps": -1, "num_train_epochs": float(config.epochs)}
+    )
+    # transformers 5 reads a warm-up below 1 as a ratio of the steps (ceil(steps * ratio)).
+    warmup = config.warmup_ratio if config.warmup_ratio else config.warmup_steps
+    extra_callbacks = []
+    report_to = [target for target in config.report_to if target != "tensorboard"]
+    if "tensorboard" in config.report_to and folder is not None:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # Its own writer into the run folder (transformers 5 has no logging_dir); the callback
+        # closes it at the end of training.
+        writer = SummaryWriter(str(folder.file(TENSORBOARD_FOLDER)))
+        extra_callbacks.append(TensorBoardCallback(tb_writer=writer))
+    if saving and folder is not None:
+        extra_callbacks.append(RecordCheckpoints(folder))
     with tempfile.TemporaryDirectory(prefix="lisa-trainer-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch,  # nothing is saved there (save_strategy="no")
-            max_steps=config.steps,
+            # checkpoint-N folders go into the run folder; without them nothing is saved.
+            output_dir=str(checkpoint_dir) if saving else scratch,
+            **length,
             per_device_train_batch_size=config.batch_size // world,
+            gradient_accumulation_steps=config.grad_accum,
             learning_rate=config.resolved_learning_rate,
             lr_scheduler_type=config.lr_scheduler,
-            warmup_steps=config.warmup_steps,
+            warmup_steps=warmup,
             weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
             optim="adamw_torch",
             logging_steps=1,
-            save_strategy="no",
-            report_to=[],
+            save_strategy="steps" if saving else "no",
+            save_steps=config.save_steps if saving else 500,
+            save_total_limit=config.save_total_limit,
+            report_to=report_to,
             use_cpu=device.type == "cpu",
             bf16=precision == "bf16-mixed",
             **_checkpointing_arguments(config.gradient_checkpointing),
@@ -296,22 +368,38 @@ def _train_with_trainer(
             remove_unused_columns=False,
             dataloader_num_workers=0,
         )
+        optimizers = (None, None)
+        if config.group_settings:
+            # A rate per group: the Trainer's own optimizer class and settings over our groups;
+            # the Trainer still builds the scheduler, which scales every group alike.
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+            groups = optimizer_parameter_groups(model, config)
+            optimizers = (optimizer_cls(groups, **optimizer_kwargs), None)
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=train_features,
             data_collator=collator,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *extra_callbacks],
+            optimizers=optimizers,
         )
+        for callback in callbacks:
+            # LISA's keys join a log entry in on_log; the reporting integrations must see them.
+            trainer.callback_handler.remove_callback(callback)
+            trainer.callback_handler.callbacks.insert(0, callback)
         _replace_progress_reporting(trainer, progress)
-        train_output = trainer.train()
+        train_output = trainer.train(
+            resume_from_checkpoint=None if resume_from is None else str(resume_from)
+        )
     lisa = callbacks[0].lisa if config.method == "lisa" else None
+    history = pd.DataFrame(trainer.state.log_history)
     return LoopRun(
         model,
-        pd.DataFrame(trainer.state.log_history),
+        history,
         float(train_output.training_loss),
         trainer.optimizer,
         lisa,
+        first_step=first_step,
     )
 
 

@@ -330,3 +330,13 @@ def test_lisa_train_on_a_chat_file(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["packing"] is True
     assert metrics["after"]["accuracy"] is None and metrics["after"]["eval_loss"] > 0
+
+
+def test_diagnose_and_study_pass_the_layout_options_to_the_loader(tmp_path, capsys):
+    # A chat file read as text lacks the "text" field: the refusal shows --data-format arrived.
+    spec = write_jsonl(tmp_path / "chat.jsonl", [{"messages": MESSAGES}] * 3)
+    for command in ("diagnose", "study"):
+        argv = [command, "--model", "tiny-llama", "--data", spec, "--data-format", "text",
+                "--out", str(tmp_path / command)]  # fmt: skip
+        assert cli.main(argv) == 2
+        assert "chat.jsonl:1: missing field 'text'" in capsys.readouterr().err
