@@ -1,0 +1,204 @@
+"""Load a safetensors model folder under FSDP2 without any rank holding the whole model.
+
+The full-copy way (``load_model`` then ``shard_model``) has every rank read the whole model
+into CPU memory before sharding it: 4 bytes a parameter in float32, so 276 GB per rank for a
+70B model. Here the model is built with its parameters on the meta device (no storage), sharded
+by :func:`lisa.distributed.shard_model`, given empty storage for its shards only
+(``to_empty``), and each rank then reads from the safetensors files just the rows of every
+weight it owns (``safe_open(...).get_slice(name)[start:stop]``), converting them slice by slice
+into the run's dtype. At no point does a rank allocate a whole weight: the largest transient is
+one rank's slice of one tensor.
+
+Three steps, because the runner prepares the model between them (precision, what trains):
+
+1. :func:`meta_model` builds the model: parameters on meta, buffers real (rotary ``inv_freq``
+   and the like are computed by the model's own ``__init__``, exactly as a normal load does).
+2. the caller casts it (``model.to(dtype=...)`` casts the buffers as it would a loaded model),
+   sets what trains and calls ``shard_model``;
+3. :func:`load_shards` gives the shards storage on the device and fills them.
+
+Only folders whose weights are safetensors (``model.safetensors`` or a sharded set with
+``model.safetensors.index.json``) take this path; see :func:`can_load_sharded`. The built-in
+default model (a GGUF file dequantised once, 135M parameters) keeps the full-copy path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CHECKPOINT_ATTRIBUTE", "can_load_sharded", "load_shards", "meta_model", "on_meta"]
+
+logger = logging.getLogger(__name__)
+
+# Set by meta_model on the model it builds: the folder load_shards reads.
+CHECKPOINT_ATTRIBUTE = "lisa_checkpoint_folder"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def checkpoint_files(folder: str | Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it, from the index or the single file.
+
+    Raises:
+        ValueError: the folder has neither ``model.safetensors`` nor an index.
+    """
+    folder = Path(folder)
+    if (folder / INDEX_FILE).is_file():
+        weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    if (folder / SINGLE_FILE).is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / SINGLE_FILE, framework="pt") as handle:
+            return dict.fromkeys(handle.keys(), folder / SINGLE_FILE)
+    raise ValueError(
+        f"model folder {str(folder)!r} has no {SINGLE_FILE} or {INDEX_FILE}; sharded loading "
+        "reads safetensors (save the model with save_pretrained(folder, safe_serialization=True))"
+    )
+
+
+def on_meta(model: nn.Module) -> bool:
+    """True when ``model``'s parameters have no storage yet (built by :func:`meta_model`).
+
+    Example:
+        >>> on_meta(nn.Linear(2, 2))
+        False
+    """
+    return any(parameter.is_meta for parameter in model.parameters())
+
+
+def can_load_sharded(folder: str | Path) -> bool:
+    """True for a model folder (config.json) whose weights are safetensors.
+
+    Example:
+        >>> can_load_sharded("tiny-llama")  # a built-in name, not a folder
+        False
+    """
+    folder = Path(folder).expanduser()
+    return (folder / "config.json").is_file() and (
+        (folder / SINGLE_FILE).is_file() or (folder / INDEX_FILE).is_file()
+    )
+
+
+def meta_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The causal LM of ``folder`` with its parameters on the meta device and real buffers.
+
+    Tied weights are tied (the head's weight is the embedding's parameter). The folder is
+    recorded on the model (``CHECKPOINT_ATTRIBUTE``) for :func:`load_shards`.
+
+    Raises:
+        ValueError: the folder's safetensors lack a parameter or buffer the model has (names
+            written by another version of the model class): load it with ``load_model``.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder).expanduser().resolve()
+    config = AutoConfig.from_pretrained(folder)
+    # Not ``with torch.device("meta")``: that would put the buffers there too, losing the
+    # values the model's __init__ computes for them (rotary frequencies).
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # init_empty_weights swaps each parameter for a meta one after from_config tied them: tie
+    # again, so a tied head is the embedding's parameter (one shard, one load).
+    model.tie_weights()
+    stored = checkpoint_files(folder)
+    missing = [name for name, _ in model.named_parameters() if name not in stored]
+    if missing:
+        raise ValueError(
+            f"model folder {str(folder)!r}: its safetensors lack {len(missing)} of the model's "
+            f"tensors ({', '.join(missing[:3])}, ...); sharded loading needs the names the "
+            "model class uses: re-save it with save_pretrained or train without --distributed fsdp2"
+        )
+    model.name_or_path = str(folder)
+    model.config._name_or_path = str(folder)
+    setattr(model, CHECKPOINT_ATTRIBUTE, str(folder))
+    model.eval()
+    return model
+
+
+def shard_rows(tensor: torch.Tensor) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of the full tensor this rank's local shard holds.
+
+    FSDP2 shards dim 0 like ``torch.chunk``: every rank but the last ones gets
+    ceil(rows / W) rows, and a rank past the end gets none. A plain tensor holds all its rows.
+    """
+    if not hasattr(tensor, "placements"):
+        return 0, tensor.shape[0] if tensor.dim() else 0
+    from torch.distributed.tensor import Shard
+
+    placements = tensor.placements
+    if len(placements) != 1 or not isinstance(placements[0], Shard) or placements[0].dim != 0:
+        raise ValueError(
+            f"sharded loading reads dim-0 shards (FSDP2 on a 1-D mesh), not {placements}"
+        )
+    rows = tensor.shape[0]
+    mesh = tensor.device_mesh
+    chunk = math.ceil(rows / mesh.size())
+    start = min(mesh.get_local_rank() * chunk, rows)
+    stop = start + tensor.to_local().shape[0]
+    if stop > rows or stop - start != min(chunk, rows - start):
+        raise ValueError(f"unexpected FSDP2 shard: rows {start}:{stop} of {rows}")
+    return start, stop
+
+
+@torch.no_grad()
+def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Give a sharded meta model storage on ``device`` and fill it from its checkpoint.
+
+    Each rank reads only the rows it owns of every tensor, in the file's dtype, and copies them
+    into its shard (converted there to the shard's dtype: a bfloat16 run never holds a float32
+    weight). Buffers the model computed (not in the checkpoint) keep their values.
+
+    Args:
+        model: built by :func:`meta_model`, then sharded (``lisa.distributed.shard_model``).
+        device: the mesh's device (this rank's CUDA device, or the CPU under gloo).
+
+    Returns:
+        The same model, loaded.
+    """
+    from safetensors import safe_open
+
+    folder = getattr(model, CHECKPOINT_ATTRIBUTE, None)
+    if folder is None:
+        raise ValueError(
+            "load_shards needs a model built by lisa_apps.sharded_load.meta_model (it records "
+            "the checkpoint folder)"
+        )
+    stored = checkpoint_files(folder)
+    # Buffers the checkpoint lacks (non-persistent ones: rotary inv_freq) keep the value the
+    # model computed when it was built; to_empty would leave them uninitialised.
+    kept = {name: b.clone() for name, b in model.named_buffers() if name not in stored}
+    model.to_empty(device=device)
+    for name, buffer in kept.items():
+        owner, _, attribute = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attribute] = buffer.to(device)
+    targets = dict(model.named_parameters())  # a tied weight once, by its first name
+    targets |= {name: b for name, b in model.named_buffers() if name not in kept}
+    by_file: dict[Path, list[str]] = {}
+    for name in targets:
+        by_file.setdefault(stored[name], []).append(name)
+    for file, names in by_file.items():
+        with safe_open(file, framework="pt") as handle:
+            for name in names:
+                target = targets[name]
+                local = target.to_local() if hasattr(target, "to_local") else target
+                full_shape = tuple(handle.get_slice(name).get_shape())
+                if full_shape != tuple(target.shape):
+                    raise ValueError(
+                        f"{name}: the checkpoint holds shape {full_shape}, the model "
+                        f"{tuple(target.shape)}"
+                    )
+                if local.dim() == 0:
+                    local.copy_(handle.get_tensor(name))  # a scalar: nothing to shard
+                    continue
+                start, stop = shard_rows(target)
+                if stop > start:
+                    local.copy_(handle.get_slice(name)[start:stop])  # (stop-start, ...) rows
+    return model

@@ -1,0 +1,161 @@
+"""Sharded loading (lisa_apps.sharded_load): 2 gloo ranks fill FSDP2 shards from safetensors.
+
+The ranks load tiny Llamas saved as sharded safetensors (untied in float32, tied in bfloat16)
+into float32 and bfloat16 runs; rank 0 saves what it gathered, and the test compares it with a
+one-process load. Loading copies stored values (a cast at most), so they must agree exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lisa_apps.sharded_load import can_load_sharded, checkpoint_files, meta_model
+from lisa_apps.tiny import build_tiny_model
+
+WORLD = 2
+# 321 rows: not a multiple of the 2 ranks, so the last rank's shard is one row short.
+VOCAB = 321
+CASES = {"untied": (False, torch.float32), "tied": (True, torch.bfloat16)}
+RUN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _save(folder: Path, tie: bool, dtype: torch.dtype) -> None:
+    model = build_tiny_model(
+        "tiny-llama", num_blocks=2, hidden=64, vocab_size=VOCAB, tie=tie, seed=7, dtype=dtype
+    )
+    # ~40 kB per file: several files, with the embedding alone in one (a sharded set).
+    model.save_pretrained(folder, max_shard_size="40kB", safe_serialization=True)
+
+
+def _gathered(model) -> dict:
+    from lisa.distributed import reshard_model
+
+    reshard_model(model)  # a forward leaves the root unit gathered
+    tensors = {f"param:{n}": p.full_tensor() for n, p in model.named_parameters()}
+    return tensors | {f"buffer:{n}": b.clone() for n, b in model.named_buffers()}
+
+
+def _worker(rank: int, port: int, root: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lisa.distributed import shard_model
+    from lisa_apps.sharded_load import load_shards
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        results = {}
+        for case in CASES:
+            for dtype in RUN_DTYPES:
+                model = meta_model(Path(root) / case)
+                model.to(dtype=dtype)  # what prepare_model does to a loaded model
+                shard_model(model, mesh=init_device_mesh("cpu", (WORLD,)))
+                load_shards(model, "cpu")
+                before = _gathered(model)
+                with torch.no_grad():  # FSDP2's lazy init re-pads the shards: values must stay
+                    model(input_ids=torch.tensor([[1, 2, 3]]))
+                results[case, str(dtype)] = {
+                    "before_forward": before,
+                    "after_forward": _gathered(model),
+                    "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+                    "local_rows": {n: p.to_local().shape[0] for n, p in model.named_parameters()},
+                }
+        torch.save(results, Path(root) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded-load")
+    for case, (tie, dtype) in CASES.items():
+        _save(root / case, tie, dtype)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ranks(checkpoints):
+    mp.start_processes(
+        _worker, args=(_free_port(), str(checkpoints)), nprocs=WORLD, start_method="spawn"
+    )
+    return [torch.load(checkpoints / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _one_process(folder: Path, dtype: torch.dtype) -> dict:
+    """The full-copy path: load_model's from_pretrained in float32, then prepare_model's cast."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(dtype=dtype)
+    tensors = {f"param:{n}": p.detach() for n, p in model.named_parameters()}
+    return tensors | {f"buffer:{n}": b for n, b in model.named_buffers()}
+
+
+def test_checkpoints_are_sharded_sets(checkpoints):
+    for case in CASES:
+        assert (checkpoints / case / "model.safetensors.index.json").is_file()
+        assert len(set(checkpoint_files(checkpoints / case).values())) > 2
+        assert can_load_sharded(checkpoints / case)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", RUN_DTYPES, ids=str)
+def test_sharded_load_equals_one_process_load(ranks, checkpoints, case, dtype):
+    expected = _one_process(checkpoints / case, dtype)
+    for rank in ranks:
+        result = rank[case, str(dtype)]
+        for moment in ("before_forward", "after_forward"):
+            loaded = result[moment]
+            assert loaded.keys() == expected.keys()
+            for name, value in expected.items():
+                assert loaded[name].dtype == value.dtype, name
+                assert torch.equal(loaded[name], value), f"{name} ({moment})"
+
+
+@pytest.mark.parametrize("dtype", RUN_DTYPES, ids=str)
+def test_tied_weights_stay_tied(ranks, dtype):
+    for rank in ranks:
+        assert rank["tied", str(dtype)]["tied"]
+        assert not rank["untied", str(dtype)]["tied"]
+        names = rank["tied", str(dtype)]["after_forward"]
+        assert "param:lm_head.weight" not in names  # one parameter, named once
+
+
+def test_each_rank_holds_its_rows_only(ranks):
+    # torch.chunk's split: ceil(321 / 2) = 161 rows on rank 0, the other 160 on rank 1.
+    rows = [rank["untied", str(torch.float32)]["local_rows"] for rank in ranks]
+    assert rows[0]["model.embed_tokens.weight"] == 161
+    assert rows[1]["model.embed_tokens.weight"] == VOCAB - 161
+
+
+def test_meta_model_has_no_parameter_storage_and_computed_buffers(checkpoints):
+    model = meta_model(checkpoints / "untied")
+    assert all(p.is_meta for p in model.parameters())
+    reference = _one_process(checkpoints / "untied", torch.float32)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, reference[f"buffer:{name}"]), name
+
+
+def test_meta_model_refuses_a_checkpoint_without_the_model_names(checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    (folder / "config.json").write_text((checkpoints / "untied" / "config.json").read_text())
+    tensors = {}
+    for file in set(checkpoint_files(checkpoints / "untied").values()):
+        tensors |= {f"old.{n}": t for n, t in load_file(file).items()}
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"lack \d+ of the model.s tensors"):
+        meta_model(folder)
