@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CHECKPOINT_ATTRIBUTE", "can_load_sharded", "load_shards", "meta_model", "on_meta"]
+__all__ = [
+    "CHECKPOINT_ATTRIBUTE",
+    "can_load_sharded",
+    "load_for_run",
+    "load_shards",
+    "meta_model",
+    "on_meta",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,36 @@ def can_load_sharded(folder: str | Path) -> bool:
     return (folder / "config.json").is_file() and (
         (folder / SINGLE_FILE).is_file() or (folder / INDEX_FILE).is_file()
     )
+
+
+def load_for_run(
+    name_or_path: str, *, seed: int = 0, distributed: str | None = None, method: str = "lisa"
+):
+    """``(model, tokenizer)`` for a run: a meta model when FSDP2 will load it shard by shard.
+
+    Under ``distributed="fsdp2"`` with more than one rank, a folder of safetensors (not a LoRA
+    run, whose adapters are initialised on the whole model) gives :func:`meta_model`'s model,
+    which :func:`lisa_apps.training.finetune` loads after sharding. Everything else (one
+    process, DDP, the built-in names, the default GGUF model, adapter folders) is
+    :func:`lisa_apps.models.load_model`.
+
+    Example:
+        >>> model, _ = load_for_run("tiny-llama", distributed="fsdp2")  # built in: loaded whole
+        >>> on_meta(model)
+        False
+    """
+    from lisa_apps.models import load_model, load_tokenizer
+    from lisa_apps.training.distributed import rank_and_world
+
+    if distributed != "fsdp2" or method == "lora" or rank_and_world()[1] < 2:
+        return load_model(name_or_path, seed=seed)
+    if not can_load_sharded(name_or_path):
+        return load_model(name_or_path, seed=seed)
+    tokenizer = load_tokenizer(name_or_path)  # checks the folder, sets a pad token
+    model = meta_model(name_or_path)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def meta_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -467,8 +467,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         main_rank, folder = claim_output(args, COMMAND)
 
     def work() -> int:
-        from lisa_apps.models import load_model
         from lisa_apps.recipes import RECIPE_FILE, resolved_recipe
+        from lisa_apps.sharded_load import load_for_run
         from lisa_apps.training import finetune
         from lisa_apps.training.distributed import run_in_process_group
 
@@ -488,7 +488,10 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             with folder if folder is not None else contextlib.nullcontext():
                 if folder is not None:
                     folder.write_text(RECIPE_FILE, resolved_recipe(recorded))
-                model, tokenizer = load_model(model_name, seed=args.seed)
+                # Under FSDP2 a safetensors folder loads shard by shard (sharded_load).
+                model, tokenizer = load_for_run(
+                    model_name, seed=args.seed, distributed=args.distributed, method=args.method
+                )
                 return finetune(
                     model,
                     tokenizer,

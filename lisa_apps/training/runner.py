@@ -37,6 +37,7 @@ from lisa.distributed import reshard_model, shard_model
 from lisa.memory import optimizer_state_bytes
 from lisa_apps.data import DataCollator, pack_features, tokenize_examples
 from lisa_apps.outputs import RunFolder
+from lisa_apps.sharded_load import load_shards, on_meta
 from lisa_apps.training.config import FinetuneConfig
 from lisa_apps.training.distributed import (
     device_mesh,
@@ -172,9 +173,19 @@ def finetune(
     # FSDP2 moves each unit's shard to the device as it shards (1/W of the model per rank, one
     # unit at a time), so a sharded run keeps the full model on the CPU until then.
     sharded = config.distributed == "fsdp2" and world > 1
+    # A model from lisa_apps.sharded_load.meta_model has no weights yet: each rank reads its
+    # shards from the checkpoint once sharded, so no rank ever holds the whole model.
+    empty = on_meta(model)
+    if empty and (not sharded or config.method == "lora"):
+        raise ValueError(
+            "the model's parameters are on the meta device; load it with load_model, or with "
+            "lisa_apps.sharded_load.meta_model only for FT or LISA under distributed='fsdp2' "
+            "on several ranks"
+        )
     prepare_model(
         model,
-        device=torch.device("cpu") if sharded else device,
+        # device None: an empty model is only cast (its buffers, as a loaded model's would be).
+        device=None if empty else torch.device("cpu") if sharded else device,
         precision=precision,
         gradient_checkpointing=config.gradient_checkpointing,
     )
@@ -182,6 +193,8 @@ def finetune(
     if sharded:
         model, callbacks = _prepare_method(model, config)
         model = shard_model(model, mesh=device_mesh(device))
+        if empty:
+            load_shards(model, device)
 
     predictions: dict[str, pd.DataFrame] = {}
     metrics: dict[str, Any] = {

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from lisa_apps.sharded_load import can_load_sharded, checkpoint_files, meta_model
-from lisa_apps.tiny import build_tiny_model
+from lisa_apps.tiny import build_tiny_model, build_tiny_tokenizer
 
 WORLD = 2
 # 321 rows: not a multiple of the 2 ranks, so the last rank's shard is one row short.
@@ -31,6 +31,7 @@ def _save(folder: Path, tie: bool, dtype: torch.dtype) -> None:
     )
     # ~40 kB per file: several files, with the embedding alone in one (a sharded set).
     model.save_pretrained(folder, max_shard_size="40kB", safe_serialization=True)
+    build_tiny_tokenizer().save_pretrained(folder)
 
 
 def _gathered(model) -> dict:
@@ -66,9 +67,43 @@ def _worker(rank: int, port: int, root: str) -> None:
                     "tied": model.lm_head.weight is model.model.embed_tokens.weight,
                     "local_rows": {n: p.to_local().shape[0] for n, p in model.named_parameters()},
                 }
+        results["finetune"] = _finetune_both_ways(Path(root) / "untied")
         torch.save(results, Path(root) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _finetune_both_ways(folder: Path) -> dict:
+    """Two LISA steps under FSDP2 from a sharded load (lisa train's path) and a full load."""
+    from lisa.config import LisaConfig
+    from lisa_apps.data import make_math_problems
+    from lisa_apps.models import load_model
+    from lisa_apps.sharded_load import load_for_run, on_meta
+    from lisa_apps.training import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        method="lisa", steps=2, batch_size=2, max_length=384, seed=0, score_accuracy=False,
+        device="cpu", precision="float32", lisa=LisaConfig(gamma=1, interval=1, seed=0),
+        distributed="fsdp2",
+    )  # fmt: skip
+    runs = {}
+    for way in ("sharded", "full"):
+        if way == "sharded":
+            model, tokenizer = load_for_run(str(folder), distributed="fsdp2")
+        else:
+            model, tokenizer = load_model(str(folder))
+        empty = on_meta(model)
+        result = finetune(
+            model, tokenizer, make_math_problems(4), make_math_problems(2, split="test"), config,
+            progress=False, evaluate_before=False,
+        )  # fmt: skip
+        losses = result.log_history["loss"].dropna().tolist()
+        runs[way] = {
+            "on_meta": empty,
+            "losses": losses,
+            "eval_loss": result.metrics["after"]["eval_loss"],
+        }
+    return runs
 
 
 def _free_port() -> int:
@@ -130,6 +165,16 @@ def test_tied_weights_stay_tied(ranks, dtype):
         assert not rank["untied", str(dtype)]["tied"]
         names = rank["tied", str(dtype)]["after_forward"]
         assert "param:lm_head.weight" not in names  # one parameter, named once
+
+
+def test_finetune_from_a_sharded_load_trains_as_from_a_full_load(ranks):
+    # The same weights, batches and ops in the same order: the same floats, bit for bit.
+    for rank in ranks:
+        runs = rank["finetune"]
+        assert runs["sharded"]["on_meta"] and not runs["full"]["on_meta"]
+        assert len(runs["sharded"]["losses"]) == 2
+        assert runs["sharded"]["losses"] == runs["full"]["losses"]
+        assert runs["sharded"]["eval_loss"] == runs["full"]["eval_loss"]
 
 
 def test_each_rank_holds_its_rows_only(ranks):
