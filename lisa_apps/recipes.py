@@ -24,9 +24,11 @@ __all__ = ["RECIPE_FILE", "load_recipe", "recipe_arguments", "resolved_recipe"]
 
 RECIPE_FILE = "recipe.yaml"
 
-# Options a recipe cannot hold: where the run goes and how this invocation treats the folder
-# belong to the command line (a recipe repeats a run elsewhere), and a recipe names no recipe.
-NOT_IN_RECIPES = frozenset({"out", "overwrite", "resume", "config", "help"})
+# Options a recipe cannot hold: how this invocation treats an existing folder belongs to the
+# command line, and a recipe names no other recipe.
+NOT_IN_RECIPES = frozenset({"overwrite", "resume", "config", "help"})
+# Left out of a run's recipe.yaml as well: a repeated run goes to a new --out.
+NOT_RECORDED = NOT_IN_RECIPES | {"out", "command", "verbose"}
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -82,6 +84,8 @@ def recipe_arguments(
     for key, value in recipe.items():
         name = str(key).replace("-", "_")
         action = options.get(name)
+        if name in NOT_IN_RECIPES:
+            raise ValueError(f"{source}: {key!r} belongs on the command line, not in a recipe")
         if action is None:
             close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.0)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -117,7 +121,7 @@ def resolved_recipe(args: argparse.Namespace) -> str:
 
     values = {}
     for name, value in vars(args).items():
-        if name.startswith("_") or name in NOT_IN_RECIPES or name in ("command", "verbose"):
+        if name.startswith("_") or name in NOT_RECORDED:
             continue
         values[name] = list(value) if isinstance(value, tuple) else value
     return yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
