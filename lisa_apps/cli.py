@@ -5,7 +5,7 @@ which checks every input and returns the work to do. The dispatcher runs them in
 
 - a bad input (argparse's or prepare's ValueError, FileNotFoundError, ModuleNotFoundError) is
   refused with one line on stderr, ``lisa COMMAND: error: ...``, and exit status 2, before any
-  model is loaded or any file written;
+  model is loaded or any file written (under torchrun every rank refuses, rank 0 alone prints);
 - Ctrl-C during the work prints one line saying what the run kept, and exits with 130;
 - any other failure during the work is a bug or an environment problem and shows its traceback.
 
@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -49,6 +50,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare FT, LoRA and LISA variants over seeds and tuned rates, with intervals",
     ),
 }
+
+# How long a rank other than 0 waits after refusing, for rank 0 to print the reason and exit.
+OTHER_RANKS_WAIT_S = 60.0
 
 INPUT_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, IsADirectoryError)
 
@@ -97,6 +101,11 @@ def _kept() -> str:
     return "; ".join(parts) if parts else "no files were written"
 
 
+def _reports_refusals() -> bool:
+    """Under torchrun every rank checks the same inputs; rank 0 alone says why it refuses."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     # peft still reads transformers' renamed `is_gradient_checkpointing`; nothing for a user to do.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -123,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         work: Callable[[], int] = module.prepare(args)
     except (UsageError, *INPUT_ERRORS) as error:
-        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        if _reports_refusals():
+            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        else:
+            # Rank 0 refuses the same inputs and says why; torchrun stops every rank once one
+            # exits, so the others wait for it rather than race it (and are stopped by then).
+            time.sleep(OTHER_RANKS_WAIT_S)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before any work; nothing was written", file=sys.stderr)

@@ -19,6 +19,7 @@ the model's vocabulary. The commands call it before any work.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -120,6 +121,8 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, seed: i
         model, tokenizer = _load_smollm2(dtype)
     elif name_or_path in TINY_MODELS:
         model, tokenizer = _build_tiny(name_or_path, dtype=dtype, seed=seed)
+        # Recorded by peft as an adapter's base: load_model rebuilds it from the name and seed.
+        model.name_or_path = name_or_path
     else:
         folder = Path(name_or_path).expanduser()
         if not folder.is_dir():
@@ -127,7 +130,11 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, seed: i
                 f"model {name_or_path!r} is neither a built-in name {available_models()} nor an "
                 "existing folder; pass one of the names or a folder written by save_pretrained"
             )
-        model, tokenizer = _load_folder(folder, dtype)
+        if _is_adapter_folder(folder):
+            model, tokenizer = _load_adapter_folder(folder, dtype)
+        else:
+            model, tokenizer = _load_folder(folder, dtype)
+            model.name_or_path = str(folder.resolve())
     _ensure_pad_token(model, tokenizer)
     model.eval()
     return model, tokenizer
@@ -136,7 +143,8 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, seed: i
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a built-in name or folder, without keeping a model.
 
-    For the default model the first call builds the cached copy (loading the model once).
+    For the default model before its first load, the tokenizer comes from the GGUF file (the
+    same one the cached copy saves); no weights are read, so the commands may call it in checks.
 
     Example:
         >>> load_tokenizer("tiny-llama").eos_token
@@ -146,13 +154,11 @@ def load_tokenizer(name_or_path: str):
         tokenizer = build_tiny_tokenizer()
     elif name_or_path == DEFAULT_MODEL:
         folder = _smollm2_cache_folder()
-        if not (folder / "COMPLETE").is_file():
-            _load_smollm2(torch.float32)  # writes the cache; the model itself is dropped
         if (folder / "COMPLETE").is_file():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        else:  # the cache could not be written: take the tokenizer from the GGUF file
+        else:  # no cached copy yet: the tokenizer from the GGUF file (no weights are read)
             from transformers import AutoTokenizer
 
             gguf_path = smollm2_gguf_path()
@@ -164,7 +170,12 @@ def load_tokenizer(name_or_path: str):
                 f"model {name_or_path!r} is neither a built-in name {available_models()} nor an "
                 "existing folder"
             )
-        tokenizer = _folder_tokenizer(folder, _folder_config(folder))
+        if not _is_adapter_folder(folder):
+            tokenizer = _folder_tokenizer(folder, _folder_config(folder))
+        elif any((folder / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer = _folder_tokenizer(folder, model_config(str(folder)))
+        else:
+            return load_tokenizer(_adapter_base(folder)[0])
     _ensure_pad_token(None, tokenizer)
     return tokenizer
 
@@ -296,9 +307,147 @@ def model_config(name_or_path: str):
             f"model {name_or_path!r} is neither a built-in name {available_models()} nor an "
             "existing folder; pass one of the names or a folder written by save_pretrained"
         )
+    if _is_adapter_folder(folder):
+        base, _ = _adapter_base(folder)
+        config = model_config(base)
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            _folder_tokenizer(folder, config)
+        return config
     config = _folder_config(folder)
     _folder_tokenizer(folder, config)
     return config
+
+
+def _is_adapter_folder(folder: Path) -> bool:
+    """A peft adapter folder (``save_pretrained`` of a LoRA model): adapters, no base config."""
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def _adapter_base(folder: Path) -> tuple[str, int]:
+    """The base model an adapter folder records, and the seed that rebuilds a tiny base.
+
+    A tiny base model is random: `lisa train` records its name, and the seed is the run's
+    ``--seed`` (from the run folder's manifest next to the adapter, else 0).
+    """
+    import json
+
+    merge = (
+        "merge it into its base first: peft.PeftModel.from_pretrained(base_model, folder)"
+        ".merge_and_unload().save_pretrained(new_folder), then pass new_folder"
+    )
+    try:
+        record = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"model folder {str(folder)!r}: adapter_config.json cannot be read ({error}); {merge}"
+        ) from None
+    base = record.get("base_model_name_or_path") if isinstance(record, dict) else None
+    if not base or (base not in available_models() and not Path(base).expanduser().is_dir()):
+        raise ValueError(
+            f"model folder {str(folder)!r} holds a LoRA adapter whose base model {base!r} is "
+            f"neither a built-in name nor an existing folder; {merge}"
+        )
+    seed = 0
+    manifest = folder.parent / "lisa-run.json"
+    if base in TINY_MODELS and manifest.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            seed = int(json.loads(manifest.read_text())["arguments"].get("seed") or 0)
+    return base, seed
+
+
+def _load_adapter_folder(folder: Path, dtype: torch.dtype):
+    """Load an adapter's base, apply the adapter and merge it: a plain model to train on."""
+    from peft import PeftModel
+
+    base, seed = _adapter_base(folder)
+    model, tokenizer = load_model(base, dtype=dtype, seed=seed)
+    model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer = _folder_tokenizer(folder, model.config)
+    model.config.name_or_path = str(folder)
+    model.name_or_path = str(folder.resolve())
+    logger.info("loaded %s: base %s with its LoRA adapter merged", folder, base)
+    return model, tokenizer
+
+
+def model_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings cover, from its config (or None).
+
+    Example:
+        >>> model_positions(model_config("tiny-gpt2"))
+        1024
+    """
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def lora_rank_limit(config) -> tuple[int, str]:
+    """The largest useful LoRA rank: min(in, out) over the adapted linear layers, and one such layer.
+
+    A rank above it adds adapter parameters that cannot raise the update's rank.
+
+    Example:
+        >>> lora_rank_limit(model_config("tiny-llama"))[0]
+        32
+    """
+    from diagnostics.lora import lora_target_modules
+
+    model = meta_model(config)
+    limits = [
+        (min(model.get_submodule(name).weight.shape), name)
+        for name in lora_target_modules(model)
+    ]
+    return min(limits)
+
+
+def missing_weight_names(folder: Path, config) -> tuple[list[str], int]:
+    """Parameters of the model built from ``config`` that the folder's safetensors files lack.
+
+    Reads only the files' headers (or the index). A tied matrix counts as present when any of
+    its names is stored; buffers are not asked for. Returns ``(missing names, parameters)``;
+    nothing is reported for ``.bin`` weights or for model types whose checkpoints transformers
+    renames while loading (their stored names differ by design).
+    """
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        if get_checkpoint_conversion_mapping(getattr(config, "model_type", "")) is not None:
+            return [], 0
+    except ImportError:  # older transformers: no renaming table to consult
+        pass
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        stored = set(json.loads(index.read_text()).get("weight_map", {}))
+    else:
+        files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+        files = files or sorted(folder.glob("model-*.safetensors"))
+        if not files:
+            return [], 0
+        stored = set()
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                stored.update(handle.keys())
+    model = meta_model(config)
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+    names_of: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+
+    def is_stored(name: str) -> bool:
+        return name in stored or name.removeprefix(prefix) in stored or prefix + name in stored
+
+    missing = [
+        names[0] for names in names_of.values() if not any(is_stored(n) for n in names)
+    ]
+    return missing, len(names_of)
 
 
 def meta_model(config):
@@ -326,6 +475,16 @@ def inspect_model(name_or_path: str, *, blocks_path: str | None = None) -> Model
     from lisa.signature import layer_signature
 
     config = model_config(name_or_path)
+    folder = Path(name_or_path).expanduser()
+    if name_or_path not in available_models() and not _is_adapter_folder(folder):
+        missing, total = missing_weight_names(folder, config)
+        if missing:
+            raise ValueError(
+                f"model folder {str(folder)!r}: its weight files lack {len(missing)} of the "
+                f"model's {total} parameters ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}), so a model loaded from it would be "
+                "partly random; save the whole model there with model.save_pretrained(folder)"
+            )
     model = meta_model(config)
     try:
         layer_map = LayerMap.from_model(model, blocks_path)
@@ -383,6 +542,7 @@ def _load_smollm2(dtype: torch.dtype):
         start = time.perf_counter()
         model, tokenizer = _load_folder(folder, dtype)
         model.config.name_or_path = DEFAULT_MODEL  # not the cache path, in run records
+        model.name_or_path = str(folder.resolve())  # an adapter's base: a loadable folder
         logger.info(
             "loaded %s from cache %s in %.2f s", DEFAULT_MODEL, folder, time.perf_counter() - start
         )
@@ -416,6 +576,10 @@ def _load_smollm2(dtype: torch.dtype):
             folder,
             error,
         )
+    # An adapter's recorded base: the cached folder when there is one, else the name.
+    model.name_or_path = (
+        str(folder.resolve()) if (folder / "COMPLETE").is_file() else DEFAULT_MODEL
+    )
     return model.to(dtype), tokenizer
 
 

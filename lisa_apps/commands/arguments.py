@@ -207,12 +207,38 @@ def apply_runtime(args: argparse.Namespace):
 
 
 def check_gamma(gamma: int, num_blocks: int, model: str, flag: str = "--gamma") -> None:
-    """Refuse more blocks per period than the model has."""
+    """Refuse more blocks per period than the model has (and a model without blocks)."""
+    if num_blocks < 1:
+        raise ValueError(
+            f"{model} has no blocks that LISA could sample, so {flag} {gamma} cannot be met; "
+            "use a model with transformer blocks (lisa layers MODEL shows what was found)"
+        )
     if gamma > num_blocks:
         raise ValueError(
             f"{flag} {gamma} is more than the {num_blocks} blocks of {model}; use {flag} "
             f"1..{num_blocks}"
         )
+
+
+def check_policy_path(path: str, flag: str = "--policy") -> str:
+    """Refuse a --policy that is not a file: a folder (naming its policy.json) or a missing path."""
+    from pathlib import Path
+
+    given = Path(path)
+    if given.is_dir():
+        inside = given / "policy.json"
+        fix = (
+            f"pass {flag} {inside}"
+            if inside.is_file()
+            else "pass the policy.json that lisa diagnose or lisa policy wrote"
+        )
+        raise ValueError(f"{flag} {path} is a folder, not a policy file; {fix}")
+    if not given.is_file():
+        raise FileNotFoundError(
+            f"{flag} {path} does not exist; pass the policy.json that lisa diagnose or lisa "
+            "policy wrote"
+        )
+    return path
 
 
 # lisa_apps.data.FORMATS, written out so that building the parser does not import torch

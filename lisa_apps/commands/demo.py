@@ -21,6 +21,7 @@ from lisa_apps.commands.arguments import (
     positive_float,
     positive_int,
 )
+from lisa_apps.commands.checks import check_data_lengths, check_max_length
 
 DEFAULT_PROBE_STEPS = 20
 DEFAULT_TRAIN_STEPS = 60
@@ -114,6 +115,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     settings = DiagnoseSettings(
         steps=args.probe_steps,
         gamma=args.gamma,
+    check_max_length(args.probe_max_length, info, "--probe-max-length")
+    check_max_length(args.max_length, info)
         batch_size=args.batch_size,
         max_length=args.probe_max_length,
         kinds=("weight", "delta"),
@@ -145,12 +148,22 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     folder = RunFolder(
         args.out, command="lisa demo", arguments=arguments, overwrite=args.overwrite
+    notes = check_data_lengths(
+        info, data=args.data, max_length=args.probe_max_length, train_examples=train_examples,
+        flag="--probe-max-length",
+    ) + check_data_lengths(
+        info, data=args.data, max_length=args.max_length, train_examples=train_examples,
+        eval_examples=eval_examples, max_new_tokens=args.max_new_tokens,
+        no_generation_fix="",
+    )  # fmt: skip
     ).check()
 
     def work() -> int:
         return _run(args, folder, settings, training, train_examples, eval_examples)
 
     return work
+        for note in notes:
+            print(f"note: {note}")
 
 
 def _run(args, folder, settings, training, train_examples, eval_examples) -> int:

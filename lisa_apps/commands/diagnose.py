@@ -23,6 +23,7 @@ from lisa_apps.commands.arguments import (
     positive_float,
     positive_int,
 )
+from lisa_apps.commands.checks import check_data_lengths, check_lora_rank, check_max_length
 
 DEFAULT_STEPS = 30
 DEFAULT_BATCH_SIZE = 4
@@ -141,6 +142,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     device = apply_runtime(args)
     info = inspect_model(args.model)
     check_gamma(args.gamma, info.num_blocks, args.model)
+    check_max_length(args.max_length, info)
+    check_lora_rank(args.rank, info, "--rank")
     if args.policy_kind is not None and args.policy_kind not in args.kinds:
         raise ValueError(
             f"--policy-kind {args.policy_kind} is not among --kinds {','.join(args.kinds)}; "
@@ -182,6 +185,9 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     examples = load_data(
         args.data, split="train", num_examples=args.num_examples, seed=args.seed, args=args
     )
+    notes = check_data_lengths(
+        info, data=args.data, max_length=args.max_length, train_examples=examples
+    )
     command = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     main_rank, folder = claim_output(args, "lisa diagnose")
 
@@ -199,6 +205,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                 f"{args.steps} steps per probe on {settings.device} ({settings.precision})"
                 + (f", {args.distributed}" if args.distributed else "")
             )
+            for note in notes:
+                print(f"note: {note}")
 
         def run():
             with folder if folder is not None else contextlib.nullcontext():

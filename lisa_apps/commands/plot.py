@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from lisa_apps.commands.arguments import add_output
+from lisa_apps.commands.arguments import add_output, check_policy_path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,29 @@ def _read_history(path: Path):
         raise ValueError(f"--history {path} cannot be read: {error}") from None
 
 
+def _check_draws(rows, policy, args: argparse.Namespace) -> None:
+    """Each draw must be one the policy could make: gamma distinct blocks among its blocks."""
+    for step, blocks in rows:
+        repeated = sorted({b for b in blocks if blocks.count(b) > 1})
+        if repeated:
+            raise ValueError(
+                f"the draw at step {step} holds block {repeated[0]} twice, but a draw is a set of "
+                "distinct blocks; pass the active sets a LISA run wrote (active_sets.json)"
+            )
+        outside = [b for b in blocks if not 0 <= b < policy.num_blocks]
+        if outside:
+            raise ValueError(
+                f"the draw at step {step} has block {outside[0]}, but --policy {args.policy} "
+                f"has {policy.num_blocks} blocks (0..{policy.num_blocks - 1}); pass the policy "
+                "the run drew from"
+            )
+        if len(blocks) != policy.gamma:
+            raise ValueError(
+                f"the draw at step {step} has {len(blocks)} blocks, but --policy {args.policy} "
+                f"draws gamma {policy.gamma}; pass the policy the run drew from"
+            )
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Read every input and check the output folder; the work draws the plots."""
     from diagnostics import plots
@@ -71,12 +94,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                     f"{', '.join(sorted(set(table[column])))}"
                 )
     if args.policy:
-        if not Path(args.policy).is_file():
-            raise FileNotFoundError(f"--policy {args.policy} does not exist")
-        policy = SamplingPolicy.from_json(args.policy)
+        policy = SamplingPolicy.from_json(check_policy_path(args.policy))
     if args.history:
         history = _read_history(Path(args.history))
         try:  # the same check the plot makes, here before any file is written
+            _check_draws(plots._history_rows(history), policy, args)
             plots.inclusion_frequencies(history, policy.num_blocks)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"--history {args.history}: {error}") from None

@@ -21,6 +21,7 @@ from lisa_apps.commands.arguments import (
     positive_float,
     positive_int,
 )
+from lisa_apps.commands.checks import only_for
 
 SOURCE_HELP = {
     "norm-ratio": "w_LoRA / w_FT per block from --norms (the paper's importance weight)",
@@ -142,9 +143,11 @@ def _given_flags(args: argparse.Namespace, source: str) -> None:
         if source not in sources and getattr(args, dest) != default
     ]
     if wrong:
+        # Named with the sources of the first wrong flag (and the others that share them).
+        sources = _SOURCE_FLAGS[wrong[0]][2]
+        flags = [flag for flag in wrong if _SOURCE_FLAGS[flag][2] == sources]
         raise ValueError(
-            f"{', '.join(wrong)} do not apply to --source {source}; drop them or choose the "
-            "source they belong to"
+            only_for(flags, f"--source {' or '.join(sources)}", f"pass --source {sources[0]}")
         )
 
 
@@ -198,6 +201,11 @@ def _norm_ratio(args, out) -> Callable[[], int]:
                 "those or record it with lisa diagnose"
             )
     num_blocks = int(table["block_index"].dropna().nunique())
+    if num_blocks == 0:
+        raise ValueError(
+            f"--norms {args.norms} has no rows of blocks (every block_index is empty), so no "
+            "policy can be derived; pass the norms.csv lisa diagnose wrote for a model's blocks"
+        )
     if args.gamma > num_blocks:
         raise ValueError(
             f"--gamma {args.gamma} is more than the {num_blocks} blocks in {args.norms}; use "

@@ -9,6 +9,7 @@ files). The same command run again resumes: finished runs are not trained again.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,12 @@ from lisa_apps.commands.arguments import (
     nonnegative_int,
     positive_float,
     positive_int,
+)
+from lisa_apps.commands.checks import (
+    check_data_lengths,
+    check_lora_rank,
+    check_split_sizes,
+    only_for,
 )
 
 
@@ -51,6 +58,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from lisa_apps.training import METHODS
 
     defaults = StudySettings()
+    # argparse (before Python 3.13) takes "-1,1" for an unknown option, so `--lr-factors -1,1`
+    # failed with "expected one argument"; a comma list of numbers is a value, and its type
+    # then refuses the negative factor by name.
+    parser._negative_number_matcher = re.compile(r"^-\.?\d[\d.,eE+-]*$")
     parser.add_argument(
         "--model", default=DEFAULT_MODEL,
         help=f"smollm2-135m, tiny-llama, ... or a local folder (default {DEFAULT_MODEL})",
@@ -66,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"comma list of {', '.join(METHODS)} (default all)",
     )  # fmt: skip
     parser.add_argument(
-        "--policies", type=csv_choices(POLICY_NAMES), default=("uniform",),
+        "--policies", type=csv_choices(POLICY_NAMES), default=None,
         help=f"LISA policies, comma list of {', '.join(POLICY_NAMES)} (default uniform); "
         "each source's policy is derived once, on training batches",
     )  # fmt: skip
@@ -98,20 +109,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "LISA knobs (the first value is the base; each further value adds a uniform-LISA variant)"
     )
     lisa.add_argument(
-        "--gammas", type=_csv_of(positive_int, "integers >= 1"), default=(DEFAULT_GAMMA,),
+        "--gammas", type=_csv_of(positive_int, "integers >= 1"), default=None,
         help=f"blocks per period (default {DEFAULT_GAMMA})",
     )  # fmt: skip
     lisa.add_argument(
-        "--intervals", type=_csv_of(positive_int, "integers >= 1"), default=(DEFAULT_INTERVAL,),
+        "--intervals", type=_csv_of(positive_int, "integers >= 1"), default=None,
         help=f"steps per period K (default {DEFAULT_INTERVAL})",
     )  # fmt: skip
     lisa.add_argument(
-        "--state-policies", type=csv_choices(STATE_POLICIES), default=("drop",),
+        "--state-policies", type=csv_choices(STATE_POLICIES), default=None,
         help=f"optimizer state of blocks that leave, among {', '.join(STATE_POLICIES)} "
         "(default drop)",
     )  # fmt: skip
     lisa.add_argument(
-        "--eh", type=csv_choices(EH_CHOICES), default=("trained",),
+        "--eh", type=csv_choices(EH_CHOICES), default=None,
         help="embedding and head trained every period or frozen (default trained)",
     )  # fmt: skip
     training = parser.add_argument_group("training and scoring")
@@ -120,7 +131,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-length", type=positive_int, default=defaults.max_length, help="tokens per example"
     )
     training.add_argument(
-        "--lora-rank", type=positive_int, default=DEFAULT_LORA_RANK,
+        "--lora-rank", type=positive_int, default=None,  # None: not given; then the default
         help=f"LoRA rank, alpha = 2 * rank (default {DEFAULT_LORA_RANK})",
     )  # fmt: skip
     for flag, what in (("--train-examples", "training examples"),
@@ -163,18 +174,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check every input without loading weights; return the study."""
+    from lisa.defaults import DEFAULT_GAMMA, DEFAULT_INTERVAL, DEFAULT_LORA_RANK
     from lisa_apps.models import inspect_model
     from lisa_apps.study import StudyFolder, StudySettings
 
     device = apply_runtime(args)
-    if "lisa" not in args.methods:
-        given = [flag for flag, value, default in (
-            ("--policies", args.policies, ("uniform",)), ("--gammas", len(args.gammas), 1),
-            ("--intervals", len(args.intervals), 1), ("--state-policies", args.state_policies, ("drop",)),
-            ("--eh", args.eh, ("trained",)),
-        ) if value != default]  # fmt: skip
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to LISA; add lisa to --methods")
+    # The LISA knobs default to None, so a knob given without lisa in --methods is refused
+    # rather than ignored; then the defaults are filled in.
+    lisa_knobs = (
+        ("--policies", "policies", ("uniform",)), ("--gammas", "gammas", (DEFAULT_GAMMA,)),
+        ("--intervals", "intervals", (DEFAULT_INTERVAL,)),
+        ("--state-policies", "state_policies", ("drop",)), ("--eh", "eh", ("trained",)),
+    )  # fmt: skip
+    given = [flag for flag, name, _ in lisa_knobs if getattr(args, name) is not None]
+    if "lisa" not in args.methods and given:
+        raise ValueError(only_for(given, "LISA runs", "add lisa to --methods"))
+    for _, name, default in lisa_knobs:
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if "lora" not in args.methods and args.lora_rank is not None:
+        raise ValueError(only_for(["--lora-rank"], "LoRA runs", "add lora to --methods"))
+    args.lora_rank = DEFAULT_LORA_RANK if args.lora_rank is None else args.lora_rank
     if args.tune_seeds is not None and args.tune_seeds > args.seeds:
         raise ValueError(
             f"--tune-seeds {args.tune_seeds} is more than --seeds {args.seeds}; use 1..{args.seeds}"
@@ -188,9 +208,20 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     info = inspect_model(args.model)
     for gamma in args.gammas:
         check_gamma(gamma, info.num_blocks, args.model, "--gammas")
-    load_data(args.data, split="test", num_examples=args.test_examples, seed=0, args=args)
+    if "lora" in args.methods:
+        check_lora_rank(args.lora_rank, info)
+    test = load_data(args.data, split="test", num_examples=args.test_examples, seed=0, args=args)
     pool = args.train_examples + args.val_examples if args.data == "math" else None
-    load_data(args.data, split="train", num_examples=pool, seed=0, args=args)
+    train = load_data(args.data, split="train", num_examples=pool, seed=0, args=args)
+    check_split_sizes(
+        args.data, train_records=len(train), test_records=len(test),
+        val_examples=args.val_examples, test_examples=args.test_examples,
+    )  # fmt: skip
+    notes = check_data_lengths(
+        info, data=args.data, max_length=args.max_length, train_examples=train,
+        eval_examples=test, max_new_tokens=args.max_new_tokens if accuracy_examples else None,
+        no_generation_fix="or pass --accuracy-examples 0",
+    )  # fmt: skip
     settings = StudySettings(
         model=args.model, data=args.data, methods=args.methods, policies=args.policies,
         data_format=args.data_format, data_split=args.data_split, data_columns=args.data_columns,
@@ -231,6 +262,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             + (f" on the first {len(settings.tuning_seeds)} seeds" if settings.tune_seeds else "")
             + f": {planned} runs of {settings.steps} steps on {settings.model}"
         )
+        for note in notes:
+            print(f"note: {note}")
         result = run_study(settings, folder, log=print)
         print(format_summary(result.summary))
         skipped = len(result.runs) - result.trained

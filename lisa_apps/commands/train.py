@@ -16,6 +16,7 @@ from lisa_apps.commands.arguments import (
     apply_runtime,
     check_distributed,
     check_gamma,
+    check_policy_path,
     claim_output,
     csv_choices,
     load_data,
@@ -23,6 +24,12 @@ from lisa_apps.commands.arguments import (
     nonnegative_int,
     positive_float,
     positive_int,
+)
+from lisa_apps.commands.checks import (
+    check_data_lengths,
+    check_lora_rank,
+    check_max_length,
+    refuse_flags_of_other_methods,
 )
 
 DEFAULT_STEPS = 60
@@ -102,7 +109,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lisa.add_argument(
         "--interval",
         type=positive_int,
-        default=DEFAULT_INTERVAL,
+        default=None,  # None: not given (a LoRA or FT run refuses it); then DEFAULT_INTERVAL
         help=f"steps per period K (default {DEFAULT_INTERVAL})",
     )
     lisa.add_argument(
@@ -111,7 +118,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lisa.add_argument(
         "--state-policy",
         choices=STATE_POLICIES,
-        default="drop",
+        default=None,  # None: not given; then "drop"
         help="optimizer state of blocks that leave the active set (default drop)",
     )
     lisa.add_argument(
@@ -129,7 +136,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--lora-rank",
         type=positive_int,
-        default=DEFAULT_LORA_RANK,
+        default=None,  # None: not given (a LISA or FT run refuses it); then DEFAULT_LORA_RANK
         help=f"LoRA rank, alpha = 2 * rank (default {DEFAULT_LORA_RANK})",
     )
     training.add_argument(
@@ -279,6 +286,30 @@ def _lisa_config(args, info, policy):
     return config
 
 
+def _refuse_flags_of_other_methods(args: argparse.Namespace) -> None:
+    """Refuse a flag of another method (it would be ignored), then fill in the defaults."""
+    from lisa.defaults import DEFAULT_INTERVAL, DEFAULT_LORA_RANK
+
+    lisa_flags = [
+        flag
+        for flag, given in (
+            ("--policy", args.policy is not None),
+            ("--gamma", args.gamma is not None),
+            ("--interval", args.interval is not None),
+            ("--sampler", args.sampler != "uniform"),
+            ("--state-policy", args.state_policy is not None),
+            ("--freeze-embeddings", args.freeze_embeddings),
+            ("--freeze-head", args.freeze_head),
+        )
+        if given
+    ]
+    lora_flags = ["--lora-rank"] if args.lora_rank is not None else []
+    refuse_flags_of_other_methods(args.method, {"lisa": lisa_flags, "lora": lora_flags})
+    args.interval = DEFAULT_INTERVAL if args.interval is None else args.interval
+    args.state_policy = "drop" if args.state_policy is None else args.state_policy
+    args.lora_rank = DEFAULT_LORA_RANK if args.lora_rank is None else args.lora_rank
+
+
 class _Given(argparse.Action):
     """Store the value and note that it was given (a default --steps yields to --epochs)."""
 
@@ -381,32 +412,17 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     _check_schedule(args)
     # The options as given (defaults filled in later stay out), for the run's recipe.yaml.
     recorded = argparse.Namespace(**vars(args))
+    _refuse_flags_of_other_methods(args)
     policy = None
     if args.policy is not None:
-        if args.method != "lisa":
-            raise ValueError(f"--policy applies to --method lisa only, not {args.method}")
-        from pathlib import Path
-
-        if not Path(args.policy).is_file():
-            raise FileNotFoundError(f"--policy {args.policy} does not exist")
-        policy = SamplingPolicy.from_json(args.policy)
-    elif args.method != "lisa":
-        lisa_flags = [
-            flag
-            for flag, given in (
-                ("--gamma", args.gamma is not None),
-                ("--sampler", args.sampler != "uniform"),
-                ("--freeze-embeddings", args.freeze_embeddings),
-                ("--freeze-head", args.freeze_head),
-            )
-            if given
-        ]
-        if lisa_flags:
-            raise ValueError(f"{', '.join(lisa_flags)} apply to --method lisa only")
+        policy = SamplingPolicy.from_json(check_policy_path(args.policy))
     model_name = args.model or (policy.provenance.get("model") if policy else None) or DEFAULT_MODEL
     args.model = model_name
     recorded.model = model_name
     info = inspect_model(model_name)
+    check_max_length(args.max_length, info)
+    if args.method == "lora":
+        check_lora_rank(args.lora_rank, info)
     if policy is not None:
         if policy.num_blocks != info.num_blocks:
             raise ValueError(
@@ -461,6 +477,12 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     eval_examples = load_data(
         args.data, split="test", num_examples=args.eval_examples, seed=args.seed, args=args
     )
+    notes = check_data_lengths(
+        info, data=args.data, max_length=args.max_length, train_examples=train_examples,
+        eval_examples=eval_examples,
+        max_new_tokens=None if args.no_accuracy else args.max_new_tokens,
+        drop_long=args.drop_long,
+    )  # fmt: skip
     if args.resume is not None:
         main_rank, folder = _claim_for_resume(args, model_name)
     else:
@@ -483,6 +505,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                 f"{config.device} ({config.precision})"
                 + (f", {args.distributed}" if args.distributed else "")
             )
+            for note in notes:
+                print(f"note: {note}")
 
         def train() -> dict:
             with folder if folder is not None else contextlib.nullcontext():

@@ -105,11 +105,45 @@ def resolve_config(name_or_path: str) -> ModelSource:
     )
 
 
+# Fields an estimate cannot do without: transformers fills in its own defaults when a config
+# file lacks them (a Llama config without them is a 32-block 4096-wide model), so they are
+# checked in the file itself.
+REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers")
+
+
 def _read_config(path: Path):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
         detail = " ".join(str(error).split())[:300]
         raise ValueError(f"{str(path)!r} cannot be read as a model config ({detail})") from None
+    missing = missing_fields(json.loads(path.read_text()) if path.is_file() else {}, config)
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} does not set {', '.join(missing)}, so the estimate would be of "
+            f"transformers' defaults for {config.model_type}, not of this model; add "
+            f"{'it' if len(missing) == 1 else 'them'} to the config"
+        )
+    return config
+
+
+def missing_fields(raw: dict, config) -> list[str]:
+    """The :data:`REQUIRED_FIELDS` a raw config dict sets under none of their names.
+
+    A field counts under its own name, the config class's alias (GPT-2's ``n_embd``) or in
+    a nested ``text_config``.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> missing_fields({"model_type": "llama", "hidden_size": 64}, LlamaConfig())
+        ['num_hidden_layers']
+    """
+    aliases = getattr(config, "attribute_map", {}) or {}
+    nested = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
+    return [
+        field
+        for field in REQUIRED_FIELDS
+        if not any(name in raw or name in nested for name in (field, aliases.get(field, field)))
+    ]

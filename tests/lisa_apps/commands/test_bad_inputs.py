@@ -14,12 +14,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from diagnostics.policy import SamplingPolicy
 from lisa.signature import layer_signature
+from lisa_apps import cli
 from lisa_apps.cli import main
+from lisa_apps.data import jsonl_split
 from lisa_apps.models import meta_model
 from lisa_apps.tiny import build_tiny_model, build_tiny_tokenizer, tiny_config
 
@@ -69,6 +73,43 @@ def files(tmp_path_factory, diagnosed):
     made["small_vocab"] = small_vocab
     made["empty_dir"] = root / "empty"
     made["empty_dir"].mkdir()
+    made["diagnosed"] = diagnosed
+    # A model folder whose weights lack two of its four blocks.
+    missing_blocks = root / "missing-blocks"
+    build_tiny_model("tiny-llama").save_pretrained(missing_blocks)
+    build_tiny_tokenizer().save_pretrained(missing_blocks)
+    weights = missing_blocks / "model.safetensors"
+    tensors = load_file(weights)
+    save_file(
+        {k: v for k, v in tensors.items() if not k.startswith(("model.layers.2.", "model.layers.3."))},
+        weights,
+        metadata={"format": "pt"},
+    )
+    made["missing_blocks"] = missing_blocks
+    # A config that leaves the sizes to transformers' defaults.
+    made["no_sizes"] = root / "no-sizes"
+    made["no_sizes"].mkdir()
+    (made["no_sizes"] / "config.json").write_text('{"model_type": "llama", "vocab_size": 300}\n')
+    # A JSONL file with four training records and one held-out record (by content hash).
+    records = {"train": [], "test": []}
+    for i in range(200):
+        record = {"instruction": f"What is {i} plus 1?", "input": "", "output": f"#### {i + 1}"}
+        split = jsonl_split(record)
+        if len(records[split]) < (4 if split == "train" else 1):
+            records[split].append(record)
+    made["five_records"] = root / "five.jsonl"
+    made["five_records"].write_text(
+        "".join(json.dumps(r) + "\n" for r in records["train"] + records["test"])
+    )
+    # Histories the tiny policy (gamma 2 of 4 blocks) cannot have drawn.
+    made["history_gamma4"] = root / "gamma4.json"
+    made["history_gamma4"].write_text(json.dumps([[0, [0, 1]], [5, [0, 1, 2, 3]]]))
+    made["history_repeat"] = root / "repeat.json"
+    made["history_repeat"].write_text(json.dumps([[0, [1, 1]]]))
+    # A norms table without block rows.
+    norms = pd.read_csv(made["norms"])
+    made["blockless_norms"] = root / "blockless.csv"
+    norms[norms["block_index"].isna()].to_csv(made["blockless_norms"], index=False)
     return made
 
 
@@ -173,7 +214,8 @@ CASES = [
     ("policy-from-another-model", ["train", *FAST, "--policy", "{foreign_policy}",
                                    "--out", "{earlier}"], "derived on another model"),
     ("policy-with-lora", ["train", "--method", "lora", *FAST, "--policy", "{policy}",
-                          "--out", "{earlier}"], "--policy applies to --method lisa only"),
+                          "--out", "{earlier}"],
+     "--policy applies only to --method lisa; drop it or pass --method lisa"),
     ("policy-broken-json", ["train", *FAST, "--policy", "{broken_policy}", "--out", "{earlier}"],
      "is not valid JSON"),
     ("policy-missing", ["train", *FAST, "--policy", "{root}/none.json", "--out", "{earlier}"],
@@ -181,7 +223,7 @@ CASES = [
     ("policy-gamma-disagrees", ["train", *FAST, "--policy", "{policy}", "--gamma", "1",
                                 "--out", "{earlier}"], "disagrees with the policy's gamma 2"),
     ("lisa-flag-with-ft", ["train", "--method", "ft", *FAST, "--freeze-head", "--out", "{earlier}"],
-     "--freeze-head apply to --method lisa only"),
+     "--freeze-head applies only to --method lisa; drop it or pass --method lisa"),
     ("sampler-unknown", ["train", *FAST, "--sampler", "no-such", "--out", "{earlier}"],
      "is not registered"),
     ("sampler-needs-options", ["train", *FAST, "--sampler", "weighted", "--out", "{earlier}"],
@@ -197,6 +239,87 @@ CASES = [
     ("out-missing", ["train", *FAST], "the following arguments are required: --out"),
     ("option-unknown", ["train", *FAST, "--learning-rate", "1e-4", "--out", "{earlier}"],
      "unrecognized arguments"),
+    # Lengths against the model's positions (its config) and the data (its tokenised records).
+    ("max-length-beyond-positions", ["train", *FAST, "--max-length", "4096", "--out", "{earlier}"],
+     "--max-length 4096 is more than the 1024 positions of tiny-llama"),
+    ("max-length-1", ["train", *FAST, "--max-length", "1", "--out", "{earlier}"],
+     "--max-length 1 leaves no room for a prompt and a response token"),
+    ("max-length-below-every-prompt", ["train", *FAST, "--max-length", "8", "--out", "{earlier}"],
+     "none leaves room for a response; use --max-length"),
+    ("max-new-tokens-beyond-positions", ["train", *FAST, "--max-new-tokens", "5000",
+                                         "--out", "{earlier}"],
+     "--max-new-tokens 5000: the longest held-out prompt has"),
+    ("demo-probe-max-length-1", ["demo", "--model", "tiny-llama", "--probe-max-length", "1",
+                                 "--out", "{earlier}"], "--probe-max-length 1 leaves no room"),
+    ("demo-probe-max-length-beyond-positions", ["demo", "--model", "tiny-llama",
+                                                "--probe-max-length", "2048", "--out", "{earlier}"],
+     "--probe-max-length 2048 is more than the 1024 positions"),
+    ("diagnose-max-length-below-every-prompt", ["diagnose", "--model", "tiny-llama",
+                                                "--max-length", "8", "--out", "{earlier}"],
+     "none leaves room for a response"),
+    ("study-max-new-tokens-beyond-positions", ["study", "--model", "tiny-llama", "--data",
+                                               "{five_records}", "--val-examples", "1",
+                                               "--test-examples", "1", "--max-new-tokens", "1024",
+                                               "--out", "{root}/study"],
+     "--max-new-tokens 1024: the longest held-out prompt"),
+    # LoRA ranks above the smallest adapted layer side (tiny-llama: k_proj is 64 -> 32).
+    ("lora-rank-beyond-layers", ["train", "--method", "lora", *FAST, "--lora-rank", "100000",
+                                 "--out", "{earlier}"],
+     "--lora-rank 100000 is more than 32, the smaller side of tiny-llama's adapted layer"),
+    ("diagnose-rank-beyond-layers", ["diagnose", "--model", "tiny-llama", "--rank", "33",
+                                     "--out", "{earlier}"], "--rank 33 is more than 32"),
+    # Validation and test sizes against the file's records.
+    ("study-val-examples-all-records", ["study", "--model", "tiny-llama", "--data", "{five_records}",
+                                        "--val-examples", "4", "--test-examples", "1",
+                                        "--out", "{root}/study"],
+     "--val-examples 4: --data {five_records} holds 4 training records"),
+    ("study-test-examples-beyond-file", ["study", "--model", "tiny-llama", "--data",
+                                         "{five_records}", "--val-examples", "1",
+                                         "--test-examples", "50", "--out", "{root}/study"],
+     "--test-examples 50: --data {five_records} holds only 1 held-out records"),
+    # Flags of another method, every one, in one form.
+    ("interval-with-ft", ["train", "--method", "ft", *FAST, "--interval", "3", "--out", "{earlier}"],
+     "--interval applies only to --method lisa; drop it or pass --method lisa"),
+    ("state-policy-with-lora", ["train", "--method", "lora", *FAST, "--state-policy", "keep",
+                                "--out", "{earlier}"], "--state-policy applies only to --method lisa"),
+    ("lisa-flags-with-lora", ["train", "--method", "lora", *FAST, "--interval", "3",
+                              "--freeze-head", "--out", "{earlier}"],
+     "--interval, --freeze-head apply only to --method lisa; drop them or pass --method lisa"),
+    ("lora-rank-with-lisa", ["train", *FAST, "--lora-rank", "4", "--out", "{earlier}"],
+     "--lora-rank applies only to --method lora; drop it or pass --method lora"),
+    ("study-gammas-without-lisa", ["study", "--model", "tiny-llama", "--methods", "ft,lora",
+                                   "--gammas", "2", "--out", "{root}/study"],
+     "--gammas applies only to LISA runs; drop it or add lisa to --methods"),
+    ("study-lora-rank-without-lora", ["study", "--model", "tiny-llama", "--methods", "ft,lisa",
+                                      "--lora-rank", "4", "--out", "{root}/study"],
+     "--lora-rank applies only to LoRA runs; drop it or add lora to --methods"),
+    ("policy-flag-of-another-source", ["policy", "--source", "grad-norm", "--model", "tiny-llama",
+                                       "--norms", "{norms}", "--gamma", "1",
+                                       "--out", "{root}/p.json"],
+     "--norms applies only to --source norm-ratio; drop it or pass --source norm-ratio"),
+    # Weight files that lack parameters the config asks for.
+    ("model-folder-missing-blocks", ["train", *FAST, "--model", "{missing_blocks}",
+                                     "--out", "{earlier}"],
+     "its weight files lack 18 of the model's 39 parameters (model.layers.2."),
+    ("estimate-config-without-sizes", ["estimate", "{no_sizes}"],
+     "does not set hidden_size, num_hidden_layers"),
+    # Histories a policy cannot have drawn.
+    ("plot-history-other-gamma", ["plot", "--policy", "{policy}", "--history", "{history_gamma4}",
+                                  "--out", "{root}/plots"],
+     "the draw at step 5 has 4 blocks, but --policy {policy} draws gamma 2"),
+    ("plot-history-repeated-block", ["plot", "--policy", "{policy}", "--history",
+                                     "{history_repeat}", "--out", "{root}/plots"],
+     "--history {history_repeat}: the draw at step 0 holds block 1 twice"),
+    # Clear messages: a folder as --policy, the flag's own name, a norms table without blocks.
+    ("policy-is-a-folder", ["train", *FAST, "--policy", "{diagnosed}", "--out", "{earlier}"],
+     "--policy {diagnosed} is a folder, not a policy file; pass --policy {diagnosed}/policy.json"),
+    ("plot-policy-is-a-folder", ["plot", "--policy", "{root}", "--out", "{root}/plots"],
+     "is a folder, not a policy file; pass the policy.json"),
+    ("policy-norms-without-blocks", ["policy", "--norms", "{blockless_norms}", "--gamma", "1",
+                                     "--out", "{root}/p.json"], "has no rows of blocks"),
+    ("lr-factors-negative", ["study", "--model", "tiny-llama", "--lr-factors", "-1,1",
+                             "--out", "{root}/study"],
+     "argument --lr-factors: must be a number > 0, got -1"),
 ]
 if not torch.cuda.is_available():
     CASES.append(
@@ -220,7 +343,7 @@ def test_mistake_is_refused_with_one_line_and_exit_2_before_any_work(
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith(f"lisa {argv[0]}: error: "), err
-    assert message in lines[0]
+    assert message.format(**places) in lines[0]
     assert "Traceback" not in err
     assert fingerprint(earlier_run) == before
     assert not (tmp_path / "policy.json").exists() and not any(tmp_path.iterdir())
@@ -248,3 +371,76 @@ def test_overwrite_of_an_earlier_run_leaves_no_file_of_it_behind(tmp_path, capsy
     assert sorted(manifest["files"]) == sorted(p.name for p in out.iterdir() if p.name != "lisa-run.json")
     printed = capsys.readouterr().out.splitlines()[-1]
     assert printed.startswith("wrote ") and "active_sets.json" not in printed
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_rank_0_alone_prints_a_refusal_and_no_rank_loads_weights(
+    rank, earlier_run, monkeypatch, capsys
+):
+    launch = {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": "29500"}  # fmt: skip
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    # The real wait lets rank 0 print before torchrun stops every rank; here no rank 0 runs.
+    monkeypatch.setattr(cli, "OTHER_RANKS_WAIT_S", 0.0)
+    before = fingerprint(earlier_run)
+    argv = ["train", "--distributed", "fsdp2", *FAST, "--max-length", "8", "--out", str(earlier_run)]
+    with no_weights_loaded(monkeypatch):
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    if rank == "0":
+        assert len(lines) == 1 and "--max-length 8" in lines[0], err
+    else:
+        assert lines == [], err
+    assert fingerprint(earlier_run) == before
+
+
+def test_a_lora_run_is_usable_from_another_folder_and_as_a_model_to_train_on(
+    tmp_path, monkeypatch, capsys
+):
+    from peft import AutoPeftModelForCausalLM
+
+    from lisa_apps.models import load_model
+
+    base, _ = load_model("tiny-llama", seed=1)
+    workspace = tmp_path / "work"
+    base.save_pretrained(workspace / "base")
+    build_tiny_tokenizer().save_pretrained(workspace / "base")
+    monkeypatch.chdir(workspace)
+    short = ["--steps", "1", "--train-examples", "8", "--eval-examples", "1", "--no-accuracy",
+             "--skip-before", "--no-progress", "--max-length", "200"]  # fmt: skip
+    # A relative base folder, as a user types it.
+    assert main(["train", "--method", "lora", "--model", "base", *short, "--out", "run"]) == 0
+    out = capsys.readouterr().out
+    # Some generated problems are longer than 200 tokens: counted in one note, not refused.
+    assert "training records of --data math are longer than --max-length 200 tokens" in out
+    adapter = workspace / "run" / "model"
+    record = json.loads((adapter / "adapter_config.json").read_text())
+    assert record["base_model_name_or_path"] == str((workspace / "base").resolve())
+    monkeypatch.chdir(tmp_path)  # another folder: the recorded base still resolves
+    merged = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+    loaded, _ = load_model(str(adapter))
+    expected = merged.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in loaded.state_dict().items())
+    # `lisa train --model RUN/model` trains on base + adapter, merged.
+    assert main(["train", "--model", str(adapter), *short, "--out", str(tmp_path / "again")]) == 0
+    metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert metrics["model"] == str(adapter)
+
+
+def test_a_lora_run_on_a_built_in_model_records_the_name_and_is_rebuilt_with_its_seed(tmp_path):
+    from lisa_apps.models import load_model
+
+    short = ["--steps", "1", "--train-examples", "4", "--eval-examples", "1", "--no-accuracy",
+             "--skip-before", "--no-progress", "--seed", "3"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", "--method", "lora", "--model", "tiny-llama", *short, "--out", str(run)]) == 0
+    record = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert record["base_model_name_or_path"] == "tiny-llama"
+    # The base is rebuilt with the run's --seed (from lisa-run.json): its frozen weights match.
+    loaded, _ = load_model(str(run / "model"))
+    base, _ = load_model("tiny-llama", seed=3)
+    name = "model.embed_tokens.weight"  # not adapted, so unchanged by the merge
+    assert torch.equal(loaded.state_dict()[name], base.state_dict()[name])

@@ -79,7 +79,7 @@ def test_norm_ratio_is_the_default_source_and_is_recorded(diagnosed, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--source", "grad-norm", "--norms", "n.csv"], "--norms do not apply to --source grad-norm"),
+        (["--source", "grad-norm", "--norms", "n.csv"], "--norms applies only to --source norm-ratio; drop it"),
         (["--source", "file", "--model", "tiny-llama"], "--source file needs --scores"),
         (["--source", "norm-ratio"], "--source norm-ratio needs --norms"),
         (["--source", "outlier", "--model", "tiny-llama", "--gamma", "9"],

@@ -76,4 +76,4 @@ def test_bad_inputs_are_refused_before_any_work(studied, capsys, extra, message)
 def test_a_non_lisa_study_refuses_lisa_flags(tmp_path, capsys):
     assert main(["study", "--model", "tiny-llama", "--methods", "ft", "--policies", "grad-norm",
                  "--out", str(tmp_path / "o")]) == 2  # fmt: skip
-    assert "--policies apply to LISA; add lisa to --methods" in capsys.readouterr().err
+    assert "--policies applies only to LISA runs; drop it or add lisa to --methods" in capsys.readouterr().err
