@@ -192,8 +192,20 @@ class CallbackDriver:
         )
         self.state.global_step += 1
 
+    @property
+    def history(self) -> list:
+        return self.callback.lisa.history
 
-def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
+
+def both_workers(rank: int, world: int, port: int, folder: str) -> None:
+    """``fsdp2_worker`` then ``ddp_worker`` in one process group: one spawn for both."""
+    _join(rank, world, port)
+    fsdp2_worker(rank, world, folder)
+    ddp_worker(rank, world, folder)
+    torch.distributed.destroy_process_group()
+
+
+def fsdp2_worker(rank: int, world: int, folder: str) -> None:
     """FSDP2 plain loop: losses, draws, state after every step, resume, a mismatched draw."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -203,7 +215,6 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
 
     from lisa.distributed import reshard_model, shard_model
 
-    _join(rank, world, port)
     batches = make_batches()
     results: dict = {}
 
@@ -265,8 +276,7 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     # no FSDP on the CPU, so its events are called here by hand, once per optimizer step).
     model, optimizer, _ = _sharded()
     driver = CallbackDriver(model, optimizer, folder)
-    results["callback_losses"] = run_steps(model, optimizer, driver, batches, rank, world)
-    results["callback_history"] = driver.callback.lisa.history
+    results["callback"] = parity_run(model, model, optimizer, driver, batches, rank, world)
 
     # An evaluation forward leaves the root unit gathered: an engine built then is refused.
     model = shard_model(tiny_model())
@@ -292,14 +302,12 @@ def fsdp2_worker(rank: int, world: int, port: int, folder: str) -> None:
     except RuntimeError as error:
         results["mismatch"] = str(error)
     torch.save(results, Path(folder) / f"fsdp2-rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
-def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
+def ddp_worker(rank: int, world: int, folder: str) -> None:
     """DDP plain loop, the wrappers Lisa refuses, and Trainer + LisaCallback under DDP."""
     from torch.nn.parallel import DistributedDataParallel
 
-    _join(rank, world, port)
     results: dict = {}
     batches = make_batches()
     model = tiny_model()
@@ -358,7 +366,6 @@ def ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
     checkpointed = trainer_run(per_device_batch=1, max_steps=2, checkpointing=True)
     results["trainer_checkpointed_losses"] = checkpointed["losses"]
     torch.save(results, Path(folder) / f"ddp-rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 TRAINER_FAULTS = ("unreduced_block", "doubled_loss")
@@ -369,7 +376,8 @@ def _trainer_probe(lisa_callback, fault: str | None):
     from transformers import TrainerCallback
 
     class Probe(TrainerCallback):
-        first_grads: dict[str, torch.Tensor] = {}
+        def __init__(self) -> None:
+            self.first_grads: dict[str, torch.Tensor] = {}
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             if fault == "unreduced_block" and args.process_index == args.world_size - 1:
