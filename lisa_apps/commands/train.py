@@ -65,6 +65,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from lisa_apps.training.config import DEFAULT_STEPS, REPORT_TARGETS
 
     rates = ", ".join(f"{method} {rate:g}" for method, rate in DEFAULT_LEARNING_RATES.items())
+    from lisa_apps.presets import add_preset_option
+
+    # Before add_output adds --config: defaults < preset < recipe < flags.
+    add_preset_option(parser)
     parser.add_argument(
         "--method", choices=METHODS, default="lisa", help="what trains (default lisa)"
     )
@@ -202,6 +206,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="AdamW weight decay, not on biases and norms (default 0)",
     )
+    groups = parser.add_argument_group(
+        "a rate per layer group (LISA and FT; default: --lr and --weight-decay; a tied "
+        "embedding and head share the embedding's)"
+    )
+    for group, what in (("embed", "embedding (E)"), ("head", "head (H)"),
+                        ("extras", "extras (final norm, ...)")):  # fmt: skip
+        groups.add_argument(
+            f"--lr-{group}", type=positive_float, default=None, help=f"learning rate of the {what}"
+        )
+        groups.add_argument(
+            f"--weight-decay-{group}",
+            type=nonnegative_float,
+            default=None,
+            help=f"weight decay of the {what}",
+        )
     schedule.add_argument(
         "--max-grad-norm",
         type=nonnegative_float,
@@ -400,6 +419,38 @@ def _claim_for_resume(args: argparse.Namespace, model_name: str):
     return True, ResumedRunFolder(args.out, command=COMMAND, arguments=arguments).check()
 
 
+def _check_group_rates(args: argparse.Namespace, info) -> dict[str, float]:
+    """The per-group rate and decay flags given, refused where they could not apply."""
+    given = {
+        f"{kind}_{group}": getattr(args, f"{kind}_{group}")
+        for kind in ("lr", "weight_decay")
+        for group in ("embed", "head", "extras")
+        if getattr(args, f"{kind}_{group}") is not None
+    }
+    flags = [f"--{name.replace('_', '-')}" for name in given]
+    if given and args.method == "lora":
+        raise ValueError(
+            f"{flags[0]}: LoRA trains no embedding, head or extras; drop it or use --method "
+            "lisa or ft"
+        )
+    frozen = {"embed": args.freeze_embeddings, "head": args.freeze_head}
+    for name, flag in zip(given, flags, strict=True):
+        group = name.rsplit("_", 1)[1]
+        if frozen.get(group):
+            switch = "--freeze-embeddings" if group == "embed" else "--freeze-head"
+            raise ValueError(f"{flag} sets a rate for what {switch} freezes; pass one of them")
+    tied = bool(getattr(info.config, "tie_word_embeddings", False))
+    for kind in ("lr", "weight_decay"):
+        head, embed = given.get(f"{kind}_head"), given.get(f"{kind}_embed")
+        if tied and head is not None and head != embed:
+            flag = kind.replace("_", "-")
+            raise ValueError(
+                f"--{flag}-head {head:g}: {info.name} ties its embedding and head (one weight, "
+                f"trained as the embedding); set it with --{flag}-embed"
+            )
+    return given
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check every input without loading weights; return the training run."""
     from diagnostics.policy import SamplingPolicy
@@ -412,6 +463,10 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     _check_schedule(args)
     # The options as given (defaults filled in later stay out), for the run's recipe.yaml.
     recorded = argparse.Namespace(**vars(args))
+    if args.preset is not None and args.method != "lisa":
+        raise ValueError(
+            f"--preset {args.preset} sets LISA's settings; use --method lisa or drop --preset"
+        )
     _refuse_flags_of_other_methods(args)
     policy = None
     if args.policy is not None:
@@ -439,6 +494,10 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                     f"--policy {args.policy} was derived on another model than {model_name} "
                     f"({difference}); derive one on this model with lisa diagnose"
                 )
+    from lisa_apps.presets import check_preset_policy
+
+    check_preset_policy(args.preset, policy)
+    group_rates = _check_group_rates(args, info)
     lisa_config = _lisa_config(args, info, policy) if args.method == "lisa" else None
     config = _finetune_config(
         method=args.method,
@@ -449,6 +508,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         warmup_ratio=args.warmup_ratio,
         grad_accum=args.grad_accum,
         weight_decay=args.weight_decay,
+        **group_rates,
         max_grad_norm=args.max_grad_norm,
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,

@@ -164,6 +164,8 @@ def finetune(
     if not train_features:
         raise ValueError("no training examples; pass at least one")
     steps = config.training_steps(len(train_features))
+    if merge_lora and config.method != "lora":
+        raise ValueError(f"merge_lora applies to method='lora' only, not {config.method!r}")
     if checkpoint_dir is None and folder is not None:
         checkpoint_dir = folder.path
     if config.save_steps is not None and checkpoint_dir is None:
@@ -290,10 +292,15 @@ def finetune(
             if config.distributed == "fsdp2":
                 save_full_model(model, tokenizer, target)
             elif target is not None:
+                extra = {}
                 if merge_lora and config.method == "lora":
                     # The merged model computes what the adapted one did; evaluation goes on with it.
                     model = model.merge_and_unload()
-                model.save_pretrained(target, safe_serialization=True)
+                elif config.method == "lora":
+                    # The adapters never include the embedding; without this peft looks the base
+                    # model's config up on the hub to decide.
+                    extra["save_embedding_layers"] = False
+                model.save_pretrained(target, safe_serialization=True, **extra)
                 tokenizer.save_pretrained(target)  # with its chat template
         metrics["after"], predictions["after"] = evaluate(
             model, tokenizer, eval_examples, eval_features, config, progress=progress,
