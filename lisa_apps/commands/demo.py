@@ -115,11 +115,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     precision = resolve_precision(args.precision, device)
     info = inspect_model(args.model)
     check_gamma(args.gamma, info.num_blocks, args.model)
+    check_max_length(args.probe_max_length, info, "--probe-max-length")
+    check_max_length(args.max_length, info)
     settings = DiagnoseSettings(
         steps=args.probe_steps,
         gamma=args.gamma,
-    check_max_length(args.probe_max_length, info, "--probe-max-length")
-    check_max_length(args.max_length, info)
         batch_size=args.batch_size,
         max_length=args.probe_max_length,
         kinds=("weight", "delta"),
@@ -148,9 +148,6 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     eval_examples = load_data(
         args.data, split="test", num_examples=args.eval_examples, seed=args.seed
     )
-    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    folder = RunFolder(
-        args.out, command="lisa demo", arguments=arguments, overwrite=args.overwrite
     notes = check_data_lengths(
         info, data=args.data, max_length=args.probe_max_length, train_examples=train_examples,
         flag="--probe-max-length",
@@ -159,14 +156,17 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         eval_examples=eval_examples, max_new_tokens=args.max_new_tokens,
         no_generation_fix="",
     )  # fmt: skip
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    folder = RunFolder(
+        args.out, command="lisa demo", arguments=arguments, overwrite=args.overwrite
     ).check()
 
     def work() -> int:
+        for note in notes:
+            print(f"note: {note}")
         return _run(args, folder, settings, training, train_examples, eval_examples)
 
     return work
-        for note in notes:
-            print(f"note: {note}")
 
 
 def _run(args, folder, settings, training, train_examples, eval_examples) -> int:
