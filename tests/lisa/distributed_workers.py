@@ -407,6 +407,7 @@ def trainer_run(
     norm 1 here, which would hide a wrong loss scale from the comparison. ``fault`` (one of
     TRAINER_FAULTS) breaks the run on purpose, as in ``run_steps``.
     """
+    import dataclasses
     import tempfile
 
     from transformers import Trainer, TrainingArguments
@@ -420,6 +421,10 @@ def trainer_run(
     features = tokenize_examples(make_math_problems(16, seed=0), tokenizer, max_length=384)
     callback = LisaCallback(CONFIG)
     probe = _trainer_probe(callback, fault)
+    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* (the old
+    # names warn); pyproject allows 4.56, which has only the old ones.
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in fields else "gradient"
     with tempfile.TemporaryDirectory() as output_dir:
         args = TrainingArguments(
             output_dir=output_dir, max_steps=max_steps,
@@ -427,8 +432,9 @@ def trainer_run(
             adam_epsilon=ADAM_EPS, max_grad_norm=0.0,
             lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[],
             use_cpu=True, seed=0, data_seed=0, disable_tqdm=True, remove_unused_columns=False,
-            ddp_find_unused_parameters=find_unused, activation_checkpointing=checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
+            ddp_find_unused_parameters=find_unused,
+            **{f"{prefix}_checkpointing": checkpointing,
+               f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}},
         )  # fmt: skip
         trainer = Trainer(
             model, args, train_dataset=features, data_collator=DataCollator(tokenizer),
