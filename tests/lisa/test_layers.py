@@ -84,16 +84,12 @@ ZOO: dict[str, tuple[str, str, dict, bool, bool]] = {
 LORA_TARGETS: dict[str, list[str] | str] = {
     "gpt2": ["c_attn", "c_proj"],
     "gpt-bigcode": ["c_attn"],
-    # transformers 5 fuses MoE experts into 3-D parameters; peft maps "all-linear" on Mixtral
-    # and Qwen3-MoE to its v4 names and adds rank/alpha patterns that then match no module (a
-    # RuntimeWarning). Name the real modules, and adapt the experts as parameters instead.
-    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
-    "qwen3-moe": ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
 }
-LORA_PARAMETERS: dict[str, list[str]] = {
-    "mixtral": ["experts.gate_up_proj", "experts.down_proj"],
-    "qwen3-moe": ["experts.gate_up_proj", "experts.down_proj"],
-}
+# transformers 5 fuses MoE experts into 3-D parameters; peft maps "all-linear" on Mixtral and
+# Qwen3-MoE back to the v4 expert names and adds rank/alpha patterns that then match no module
+# (a RuntimeWarning). On such a model: name the real modules, adapt the experts as parameters.
+FUSED_EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]
+ATTENTION_AND_HEAD = ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]
 
 
 def build(family: str, seed: int = 0) -> nn.Module:
@@ -184,10 +180,12 @@ def test_lora_parameters_belong_to_the_block_that_holds_them(family):
 
     model = build(family)
     targets = LORA_TARGETS.get(family, "all-linear")
+    fused = any(name.endswith(f".{FUSED_EXPERTS[0]}") for name, _ in model.named_parameters())
     task = "SEQ_CLS" if ZOO[family][1] == "SequenceClassification" else None
     config = LoraConfig(
-        r=2, target_modules=targets, target_parameters=LORA_PARAMETERS.get(family), task_type=task,
+        r=2, target_modules=ATTENTION_AND_HEAD if fused else targets, task_type=task,
         fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        **({"target_parameters": FUSED_EXPERTS} if fused else {}),
     )  # fmt: skip
     peft_model = get_peft_model(model, config)
     layer_map = LayerMap.from_model(peft_model)
