@@ -341,4 +341,6 @@ def load_data(
     except FileNotFoundError as error:
         raise ValueError(f"{flag} {source}: {error.strerror or error}") from None
     except ValueError as error:
-        raise ValueError(f"{flag} {source}: {error}") from None
+        # The loader's messages mostly begin with the file (and line); do not name it twice.
+        named = str(error).startswith(str(source))
+        raise ValueError(f"{flag} {error}" if named else f"{flag} {source}: {error}") from None

@@ -156,7 +156,10 @@ def _describe(spec: str, data_split: str | None) -> dict:
                 "stamp": stamp}  # fmt: skip
     if suffix in (".json", ".jsonl", *_TABULAR):
         if not path.is_file():
-            raise ValueError(f"{spec}: no such file")
+            raise ValueError(
+                f"{spec}: no such file; --data takes 'math', an existing .json/.jsonl/.parquet/"
+                ".csv file, a saved dataset folder or a hub dataset name"
+            )
         stat = path.stat()
         kind = "json" if suffix in (".json", ".jsonl") else _TABULAR[suffix]
         return {"kind": kind, "path": str(path.resolve()), "name": str(path), "split": None,

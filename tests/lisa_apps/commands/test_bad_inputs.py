@@ -208,7 +208,7 @@ CASES = [
     ("train-gamma-9", ["train", *FAST, "--gamma", "9", "--out", "{earlier}"],
      "--gamma 9 is more than the 4 blocks"),
     ("data-missing", ["train", *FAST, "--data", "{root}/missing.jsonl", "--out", "{earlier}"],
-     "neither 'math' nor an existing .jsonl file"),
+     "missing.jsonl: no such file; --data takes 'math', an existing .json/.jsonl/.parquet/.csv"),
     ("data-bad-json-line", ["train", *FAST, "--data", "{bad_jsonl}", "--out", "{earlier}"],
      "bad.jsonl:2: invalid JSON"),
     ("policy-from-another-model", ["train", *FAST, "--policy", "{foreign_policy}",
