@@ -150,3 +150,25 @@ def test_memory_report_bytes_do_not_depend_on_the_grouping():
         reports.append(memory_report(m, optimizer))
     pd.testing.assert_frame_equal(reports[0], reports[1])
     assert reports[0].set_index("group").loc["total", "optimizer_state_bytes"] > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_lisa_estimate_equals_memory_report_of_a_run_on_several_groups(name):
+    from lisa_apps.estimate.accounting import Setup
+    from lisa_apps.estimate.plan import estimate
+    from lisa_apps.tiny import build_tiny_model, tiny_config
+
+    model = build_tiny_model(name, seed=0)
+    optimizer = torch.optim.AdamW(param_groups(model, lr=1e-3, lr_embed=1e-2, lr_extras=3e-4))
+    lisa = Lisa(model, optimizer, LisaConfig(gamma=2, interval=1, state_policy="drop"))
+    for step in range(4):  # a switch at every step: several switches before the measurement
+        lisa.begin_step()
+        ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(step))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        if step < 3:
+            optimizer.zero_grad(set_to_none=True)
+    total = memory_report(model, optimizer).set_index("group").loc["total"]
+    (row,) = estimate(tiny_config(name), [Setup("lisa", "float32", gamma=2)])
+    keys = ("trainable_parameters", "parameter_bytes", "grad_bytes", "optimizer_state_bytes")
+    assert {key: int(total[key]) for key in keys} == {key: row[key] for key in keys}
