@@ -26,6 +26,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Name the CPU kernel set the floats were computed with (scripts/test.sh runs several)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    terminalreporter.write_line(f"CPU kernel set: {capability} (ATEN_CPU_CAPABILITY)")
+
+
 @pytest.fixture
 def tiny_llama():
     """Factory for a tiny random LlamaForCausalLM (untied by default; lisa_apps.tiny's model)."""
