@@ -60,14 +60,87 @@ def checkpoint_files(folder: str | Path) -> dict[str, Path]:
         weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
         return {name: folder / file for name, file in weight_map.items()}
     if (folder / SINGLE_FILE).is_file():
-        from safetensors import safe_open
-
-        with safe_open(folder / SINGLE_FILE, framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), folder / SINGLE_FILE)
+        with SafetensorsRows(folder / SINGLE_FILE) as file:
+            return dict.fromkeys(file.names, folder / SINGLE_FILE)
     raise ValueError(
         f"model folder {str(folder)!r} has no {SINGLE_FILE} or {INDEX_FILE}; sharded loading "
         "reads safetensors (save the model with save_pretrained(folder, safe_serialization=True))"
     )
+
+
+# safetensors' dtype names (the format's spec); the files are little-endian, as torch is here.
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+class SafetensorsRows:
+    """Reads rows of the tensors in one safetensors file with plain positioned reads.
+
+    A safetensors file is an 8-byte header length, a JSON header (name -> dtype, shape, byte
+    offsets) and the row-major data, so rows ``[start, stop)`` of a tensor are one contiguous
+    byte range. Reading it with ``readinto`` into a new tensor allocates exactly those rows and
+    maps nothing: safetensors' own ``get_slice`` reads through a memory map, whose touched pages
+    count in the process's resident set until the file is closed.
+
+    Example:
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/t.safetensors"
+        >>> save_file({"w": torch.arange(6.0).reshape(3, 2)}, path)
+        >>> with SafetensorsRows(path) as file:
+        ...     file.shape("w"), file.rows("w", 1, 3)
+        ((3, 2), tensor([[2., 3.],
+                [4., 5.]]))
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._handle = self.path.open("rb")
+        length = int.from_bytes(self._handle.read(8), "little")
+        header = json.loads(self._handle.read(length))
+        header.pop("__metadata__", None)
+        self._header = header
+        self._data_start = 8 + length
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._header)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._header[name]["shape"])
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of tensor ``name`` (a 0-d tensor: all of it), in its dtype."""
+        info = self._header[name]
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(
+                f"{self.path}: {name} has dtype {info['dtype']}, not one of {list(_DTYPES)}"
+            )
+        shape = tuple(info["shape"])
+        begin, end = info["data_offsets"]
+        if not shape:
+            out, offset = torch.empty((), dtype=_DTYPES[info["dtype"]]), begin
+        else:
+            row_bytes = (end - begin) // shape[0] if shape[0] else 0
+            out = torch.empty((stop - start, *shape[1:]), dtype=_DTYPES[info["dtype"]])
+            offset = begin + start * row_bytes
+        buffer = out.reshape(-1).view(torch.uint8).numpy()  # (rows x row_bytes,) of out's memory
+        self._handle.seek(self._data_start + offset)
+        if self._handle.readinto(buffer) != buffer.size:
+            raise ValueError(f"{self.path}: {name} is cut short; the file is incomplete")
+        return out
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> SafetensorsRows:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
 
 def on_meta(model: nn.Module) -> bool:
@@ -200,8 +273,6 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
     Returns:
         The same model, loaded.
     """
-    from safetensors import safe_open
-
     folder = getattr(model, CHECKPOINT_ATTRIBUTE, None)
     if folder is None:
         raise ValueError(
@@ -221,21 +292,18 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
     by_file: dict[Path, list[str]] = {}
     for name in targets:
         by_file.setdefault(stored[name], []).append(name)
-    for file, names in by_file.items():
-        with safe_open(file, framework="pt") as handle:
+    for path, names in by_file.items():
+        with SafetensorsRows(path) as file:
             for name in names:
                 target = targets[name]
                 local = target.to_local() if hasattr(target, "to_local") else target
-                full_shape = tuple(handle.get_slice(name).get_shape())
-                if full_shape != tuple(target.shape):
+                if file.shape(name) != tuple(target.shape):
                     raise ValueError(
-                        f"{name}: the checkpoint holds shape {full_shape}, the model "
+                        f"{name}: the checkpoint holds shape {file.shape(name)}, the model "
                         f"{tuple(target.shape)}"
                     )
-                if local.dim() == 0:
-                    local.copy_(handle.get_tensor(name))  # a scalar: nothing to shard
-                    continue
                 start, stop = shard_rows(target)
-                if stop > start:
-                    local.copy_(handle.get_slice(name)[start:stop])  # (stop-start, ...) rows
+                if local.dim() == 0 or stop > start:
+                    # (stop - start, ...) rows in the file's dtype; copy_ casts into the shard.
+                    local.copy_(file.rows(name, start, stop))
     return model
