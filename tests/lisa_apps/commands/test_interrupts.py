@@ -63,10 +63,10 @@ def test_ctrl_c_after_training_keeps_the_trained_model(tmp_path, monkeypatch, ca
     assert main(argv) == 130
     assert calls == ["before", "after"]
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"lisa train: interrupted; kept in {out}: model"
+    assert err[-1] == f"lisa train: interrupted; kept in {out}: recipe.yaml, model"
     assert (out / "model" / "config.json").is_file()
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["status"] == "interrupted" and manifest["files"] == ["model"]
+    assert manifest["status"] == "interrupted" and manifest["files"] == ["recipe.yaml", "model"]
 
 
 def test_ctrl_c_while_checking_inputs_writes_nothing(tmp_path, monkeypatch, capsys):
