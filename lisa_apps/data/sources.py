@@ -104,18 +104,18 @@ def read_examples(
 
     if data_format is not None and data_format not in FORMATS:
         raise ValueError(f"data format {data_format!r} is not one of {', '.join(FORMATS)}")
-    source = _describe(spec, data_split)
-    if data_format is None:
-        data_format = detect_format(_first_columns(source), source["name"], columns)
-    gen_kwargs = {
-        "source": source,
-        "data_format": data_format,
-        "columns": dict(columns or {}),
-        "version": _CANONICAL_VERSION,
-    }
     bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
+    datasets.disable_progress_bars()  # one line per problem, not a bar per small file
     try:
+        source = _describe(spec, data_split)
+        if data_format is None:
+            data_format = detect_format(_first_columns(source), source["name"], columns)
+        gen_kwargs = {
+            "source": source,
+            "data_format": data_format,
+            "columns": dict(columns or {}),
+            "version": _CANONICAL_VERSION,
+        }
         table = datasets.Dataset.from_generator(
             _canonical_records, features=_features(data_format), gen_kwargs=gen_kwargs
         )
@@ -204,7 +204,7 @@ def _open_table(source: dict):
 
     kind, name = source["kind"], source["name"]
     if kind in ("parquet", "csv"):
-        options = {"keep_default_na": False} if kind == "csv" else {}
+        options = _csv_options(source["path"], name) if kind == "csv" else {}
         try:
             return datasets.load_dataset(
                 kind, data_files=source["path"], split="train", **options
@@ -233,6 +233,24 @@ def _open_table(source: dict):
             f"(datasets.load_dataset({name!r})) or pass a local file"
         ) from None
     return _pick_split(loaded, source["split"], name)
+
+
+def _csv_options(path: str, name: str) -> dict:
+    """Every CSV column read as text (an empty cell as ""), after a line-by-line UTF-8 check."""
+    import csv
+
+    from datasets import Features, Value
+
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            _decode(raw, name, line_number, first=line_number == 1)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    return {
+        "features": Features({column: Value("string") for column in header}),
+        "keep_default_na": False,
+        "encoding": "utf-8-sig",
+    }
 
 
 def _pick_split(loaded, split: str | None, name: str):

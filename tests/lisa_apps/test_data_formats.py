@@ -131,6 +131,14 @@ def test_alpaca_csv_with_renamed_columns_and_a_system_prompt(tmp_path):
     assert features_of([example]) == [expected]
 
 
+def test_csv_cells_are_text_even_when_they_look_like_numbers(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_bytes(b"\xef\xbb\xbfinstruction,output,input\nCode?,007,\n")
+    assert list(load_examples(str(path), split="all")) == [
+        {"instruction": "Code?", "input": "", "output": "007", "answer": "7"}
+    ]
+
+
 def test_text_format_carries_loss_on_every_token(tmp_path):
     spec = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "Once upon a time."}])
     [(input_ids, labels)] = features_of(load_examples(spec, split="all"))
@@ -272,6 +280,7 @@ def test_no_token_of_a_packed_row_attends_to_another_example():
         ("latin.jsonl", b'{"text": "ok"}\n{"text": "ok"}\n{"text": "caf\xe9"}\n',
          "latin.jsonl:3: not UTF-8 text (byte 0xe9)"),
         ("latin.json", b'[\n{"text": "ok"},\n{"text": "caf\xe9"}\n]', "latin.json:3: not UTF-8 text"),
+        ("latin.csv", b"text\nok\ncaf\xe9\n", "latin.csv:3: not UTF-8 text (byte 0xe9)"),
         ("nan.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "b", '
          b'"answer": NaN}\n', "nan.jsonl:2: NaN is not valid JSON"),
         ("inf.json", b'[{"text": "a"},\n {"text": "b", "score": -Infinity}]',
