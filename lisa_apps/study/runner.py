@@ -336,8 +336,9 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         result.model, val_features, DataCollator(tokenizer), batch_size=config.eval_batch_size
     )
     accuracy, num_scored = math.nan, 0
-    if settings.accuracy_examples:
-        problems = data["test"][: settings.accuracy_examples]
+    problems = data["test"][: settings.accuracy_examples]
+    # Chat and text sets carry no reference answer: only the losses are scored for them.
+    if settings.accuracy_examples and any(p.get("answer") is not None for p in problems):
         predictions = generate_answers(
             result.model, tokenizer, problems, batch_size=len(problems),
             max_new_tokens=settings.max_new_tokens,
