@@ -383,6 +383,12 @@ def _check_schedule(args: argparse.Namespace) -> None:
         raise ValueError(
             "--resume continues the run in --out and --overwrite replaces it; pass one of them"
         )
+    if args.distributed == "fsdp2" and (args.resume is not None or args.save_steps is not None):
+        flag = "--resume" if args.resume is not None else "--save-steps"
+        raise ValueError(
+            f"{flag}: --distributed fsdp2 runs write and read no checkpoints yet (sharded "
+            "checkpoints are separate work); use --distributed ddp, or drop it"
+        )
 
 
 def _finetune_config(**fields):

@@ -164,6 +164,10 @@ def finetune(
     if not train_features:
         raise ValueError("no training examples; pass at least one")
     steps = config.training_steps(len(train_features))
+    if resume_from is not None and config.distributed == "fsdp2":
+        raise ValueError(
+            "resume_from: FSDP2 runs write and read no checkpoints yet; use distributed='ddp'"
+        )
     if merge_lora and config.method != "lora":
         raise ValueError(f"merge_lora applies to method='lora' only, not {config.method!r}")
     if checkpoint_dir is None and folder is not None:

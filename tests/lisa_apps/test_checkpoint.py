@@ -118,3 +118,17 @@ def test_resume_refuses_another_run_or_nothing_to_resume_with_one_line(
     error = capsys.readouterr().err
     assert code == 2 and message in error and len(error.strip().splitlines()) == 1, error
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("flags", [["--save-steps", "2"], ["--resume", "auto"]])
+def test_fsdp2_runs_refuse_checkpoint_flags(flags, tmp_path, monkeypatch, capsys):
+    launched = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500"}  # fmt: skip
+    for name, value in launched.items():  # as torchrun starts each rank
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny-llama", "--distributed", "fsdp2", "--out", str(out), *flags]
+    code = cli.main(argv)
+    error = capsys.readouterr().err
+    assert code == 2 and f"{flags[0]}: --distributed fsdp2 runs" in error, error
+    assert not out.exists()
