@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lisa.add_argument(
         "--gamma",
         type=nonnegative_int,
-        default=DEFAULT_GAMMA,
+        default=None,  # None: not given (refused when --methods leaves lisa out); then the default
         help=f"LISA blocks trained at a time (default {DEFAULT_GAMMA})",
     )
     lisa.add_argument(
@@ -58,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lisa.add_argument(
         "--lora-rank",
         type=positive_int,
-        default=DEFAULT_LORA_RANK,
+        default=None,  # None: not given (refused when --methods leaves lora out); then the default
         help=f"LoRA rank on every linear layer of the blocks (default {DEFAULT_LORA_RANK})",
     )
     run = parser.add_argument_group("the step (activation estimate) and the ranks")
@@ -105,6 +105,21 @@ def format_list() -> str:
     return "\n".join(lines)
 
 
+def _refuse_flags_of_other_methods(args: argparse.Namespace, methods) -> None:
+    """Refuse --gamma without lisa and --lora-rank without lora in --methods; fill defaults."""
+    from lisa.defaults import DEFAULT_GAMMA, DEFAULT_LORA_RANK
+    from lisa_apps.commands.checks import only_for
+
+    for flag, name, method, default in (
+        ("--gamma", "gamma", "lisa", DEFAULT_GAMMA),
+        ("--lora-rank", "lora_rank", "lora", DEFAULT_LORA_RANK),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif method not in methods:
+            raise ValueError(only_for([flag], f"{method} rows", f"add {method} to --methods"))
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check every input and compute the estimate (meta device: seconds, no weights)."""
     if args.list:
@@ -140,6 +155,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             f"--methods badam with --fsdp {args.fsdp}: BAdam has no FSDP2 path (it distributes "
             "with DeepSpeed ZeRO-3); drop badam from --methods or use --fsdp 1"
         )
+    _refuse_flags_of_other_methods(args, methods)
     source = resolve_config(args.model)
     if "lisa" in methods:
         check_gamma(args.gamma, model_dims(source.config).num_blocks, args.model)

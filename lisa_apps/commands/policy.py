@@ -21,7 +21,7 @@ from lisa_apps.commands.arguments import (
     positive_float,
     positive_int,
 )
-from lisa_apps.commands.checks import only_for
+from lisa_apps.commands.checks import check_data_lengths, check_max_length, only_for
 
 SOURCE_HELP = {
     "norm-ratio": "w_LoRA / w_FT per block from --norms (the paper's importance weight)",
@@ -274,8 +274,12 @@ def _from_batches(args, out) -> Callable[[], int]:
     from diagnostics.sources import make_source
 
     apply_runtime(args)
-    _model_info(args)
-    load_data(args.data, split="train", num_examples=None, seed=args.seed)
+    info = _model_info(args)
+    check_max_length(args.max_length, info)
+    examples = load_data(args.data, split="train", num_examples=None, seed=args.seed)
+    notes = check_data_lengths(
+        info, data=args.data, max_length=args.max_length, train_examples=examples
+    )
     if args.source == "grad-norm":
         source = make_source("grad-norm", reduce=args.reduce)
     else:
@@ -288,7 +292,8 @@ def _from_batches(args, out) -> Callable[[], int]:
         from lisa_apps.models import load_model
         from lisa_apps.study.policies import score_batches
 
-        examples = load_data(args.data, split="train", num_examples=None, seed=args.seed)
+        for note in notes:
+            print(f"note: {note}")
         model, tokenizer = load_model(args.model, seed=args.seed)
         model.to(resolve_device(args.device))
         features = tokenize_examples(examples, tokenizer, max_length=args.max_length)
