@@ -17,6 +17,7 @@ from lisa.layers import EMBED, EXTRAS, HEAD, LayerMap
 from lisa.validation import check_int
 from lisa_apps.estimate.accounting import Setup, account, trained_parameters, weight_dtype
 from lisa_apps.estimate.activations import activation_estimate, model_dims
+from lisa_apps.estimate.loading import load_bytes
 
 __all__ = ["Suggestion", "Workload", "estimate", "suggestions"]
 
@@ -79,7 +80,9 @@ def estimate(
         Rows (dicts) with the keys method, gamma, lora_rank, precision, fsdp_ranks,
         trainable_parameters, parameter_bytes, grad_bytes, optimizer_state_bytes,
         master_weight_bytes, total_bytes, activation_bytes_estimate,
-        total_with_activations_bytes, embed_head_extras_share and the workload.
+        total_with_activations_bytes, embed_head_extras_share, load_full_copy_bytes and
+        load_sharded_bytes (peak CPU memory of one rank while loading; None where the run
+        loads a full copy anyway) and the workload.
 
     Example:
         >>> from lisa_apps.tiny import tiny_config
@@ -111,6 +114,7 @@ def _rows(
             models[key] = _meta_model(config, key[0], setup.lora_rank, blocks_path)
         model, layer_map = models[key]
         memory = account(model, layer_map, setup)
+        load_full, load_sharded = load_bytes(model, setup)
         activations = activation_estimate(
             dims,
             batch_size=workload.batch_size,
@@ -154,6 +158,9 @@ def _rows(
                 "activation_bytes_estimate": activations.total_bytes,
                 "total_with_activations_bytes": memory.total_bytes + activations.total_bytes,
                 "embed_head_extras_share": share,
+                # CPU memory of one rank while loading (lisa_apps.estimate.loading).
+                "load_full_copy_bytes": load_full,
+                "load_sharded_bytes": load_sharded,
                 "batch_size": workload.batch_size,
                 "seq_len": workload.seq_len,
                 "gradient_checkpointing": workload.gradient_checkpointing,

@@ -106,12 +106,32 @@ def format_table(rows: Sequence[dict]) -> str:
 
     lines.append(render([title for title, _ in _COLUMNS]))
     lines.extend(render(line) for line in cells)
+    lines.extend(_load_lines(rows, unit))
     lines.append(
         "weights, grads, optimizer state (AdamW: 2 moments + a 4-byte step per tensor) and master "
         "copies are exact; * activations are an estimate (formula and what it leaves out: "
         "docs/memory.md)"
     )
     return "\n".join(lines)
+
+
+def _load_lines(rows: Sequence[dict], unit: int) -> list[str]:
+    """One line per precision: a rank's peak CPU memory while loading, both ways."""
+    lines = []
+    for precision in dict.fromkeys(row["precision"] for row in rows):
+        row = next(r for r in rows if r["precision"] == precision)
+        line = (
+            f"loading ({precision}, CPU memory of one rank, bf16 checkpoint): full copy "
+            f"{format_bytes(row['load_full_copy_bytes'], unit)}"
+        )
+        sharded = [r for r in rows if r["precision"] == precision and r["load_sharded_bytes"]]
+        if sharded:
+            line += (
+                f"; shard by shard {format_bytes(sharded[0]['load_sharded_bytes'], unit)} "
+                "(FT/LISA under FSDP2 from a safetensors folder)"
+            )
+        lines.append(line)
+    return lines
 
 
 def format_suggestion(suggestion: Suggestion) -> str:
