@@ -90,6 +90,7 @@ def test_nothing_is_frozen_before_the_trainer_builds_its_optimizer(factory, requ
     assert trained == {id(p) for p in callback.lisa.trainable_parameters()}
 
 
+@pytest.mark.numerics
 def test_resume_from_checkpoint_reproduces_active_sets_and_losses(tiny_llama, tmp_path):
     config = LisaConfig(gamma=2, interval=5, seed=3)
     whole = LisaCallback(config)

@@ -197,6 +197,7 @@ def test_draws_happen_exactly_when_the_period_changes(interval, gamma, gaps):
 # --- training behaviour ------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_all_blocks_kept_equals_plain_adamw_bit_for_bit(tiny_llama):
     reference = tiny_llama(num_blocks=4, seed=3)
     model = copy.deepcopy(reference)

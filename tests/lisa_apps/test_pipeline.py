@@ -37,7 +37,8 @@ def test_diagnose_writes_every_file_and_returns_what_it_wrote(tmp_path):
     assert set(reloaded["method"]) == {"lora", "ft"}
     assert sorted(reloaded["step"].unique()) == [0, 1, 2]
     policy = SamplingPolicy.from_json(tmp_path / "policy.json")
-    np.testing.assert_allclose(
+    # Exactly: JSON writes each float64 in its shortest repr, which reads back to the same bits.
+    np.testing.assert_array_equal(
         policy.inclusion_probabilities, diagnosis.policy.inclusion_probabilities
     )
     assert policy.inclusion_probabilities.sum() == pytest.approx(settings.gamma)
