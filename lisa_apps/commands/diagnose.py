@@ -197,6 +197,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         from diagnostics.skew import side_by_side
         from lisa_apps.models import load_tokenizer
         from lisa_apps.pipeline import diagnose
+        from lisa_apps.recipes import RECIPE_FILE, resolved_recipe
         from lisa_apps.training.distributed import run_in_process_group
 
         if main_rank:
@@ -210,6 +211,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
 
         def run():
             with folder if folder is not None else contextlib.nullcontext():
+                if folder is not None:  # the resolved options: --config of a repeat
+                    folder.write_text(RECIPE_FILE, resolved_recipe(args))
                 tokenizer = load_tokenizer(args.model)
                 return diagnose(
                     args.model, tokenizer, examples, folder, settings, model_name=args.model,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lisa_apps import cli
-from lisa_apps.recipes import RECIPE_FILE, load_recipe
+from lisa_apps.recipes import RECIPE_FILE, load_recipe, resolved_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
@@ -100,3 +100,22 @@ def test_a_run_repeated_from_its_recipe_gives_the_same_metrics(tmp_path, monkeyp
         assert metrics[0][key] == metrics[1][key], key
     losses = [pd.read_csv(out / "log_history.csv")["loss"].dropna().tolist() for out in (first, again)]
     assert losses[0] == losses[1] and len(losses[0]) == metrics[0]["steps"]
+
+
+
+def test_a_diagnose_recipe_repeats_the_checked_options(tmp_path):
+    """What `lisa diagnose` writes to recipe.yaml (its options after checking) parses and checks
+    again to the same options (tests/lisa_apps/commands/test_diagnose.py sees the file written)."""
+    from lisa_apps.commands import diagnose
+
+    argv = ["--model", "tiny-llama", "--steps", "3", "--num-examples", "24", "--gamma", "2"]
+    first = parse("diagnose", [*argv, "--out", str(tmp_path / "a")])
+    diagnose.prepare(first)
+    recipe = tmp_path / RECIPE_FILE
+    recipe.write_text(resolved_recipe(first))
+    again = parse("diagnose", ["--config", str(recipe), "--out", str(tmp_path / "b")])
+    diagnose.prepare(again)
+    ignored = ("out", "config")
+    assert {k: v for k, v in vars(again).items() if k not in ignored} == {
+        k: v for k, v in vars(first).items() if k not in ignored
+    }

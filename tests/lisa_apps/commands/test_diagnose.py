@@ -14,7 +14,7 @@ def test_diagnose_writes_every_file_and_lists_them_in_its_manifest(diagnosed):
     names = {p.name for p in diagnosed.iterdir()}
     expected = {
         "norms.csv", "norms.json", "skew.csv", "policy.json", "layer_norms.png",
-        "norm_heatmap.png", "policy.png", "layer_norms-delta.png",
+        "norm_heatmap.png", "policy.png", "layer_norms-delta.png", "recipe.yaml",
     }  # fmt: skip
     assert names == expected | {MANIFEST}
     manifest = json.loads((diagnosed / MANIFEST).read_text())
