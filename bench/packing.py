@@ -63,49 +63,50 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--max-lengths", default="512,1024", help="packed row lengths to time")
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="64 examples, 5 steps")
+    parser.add_argument("--quick", action="store_true", help="64 examples, 4 steps, rows of 512")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
+    lengths = [int(part) for part in args.max_lengths.split(",")]
     if args.quick:
-        args.examples, args.steps, args.warmup = 64, 5, 1
+        args.examples, args.steps, args.warmup, lengths = 64, 4, 1, [512]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_model("tiny-llama")
     model.train()
     features = tokenize_examples(
-        make_math_problems(args.examples, seed=0), tokenizer, max_length=args.max_length
+        make_math_problems(args.examples, seed=0), tokenizer, max_length=min(lengths)
     )
     collate = DataCollator(tokenizer)
-    packed = pack_features(features, args.max_length)
+    layouts = [("unpacked", None, features)]
+    layouts += [("packed", length, pack_features(features, length)) for length in lengths]
     rows = []
-    for layout, items in (("unpacked", features), ("packed", packed)):
+    for layout, length, items in layouts:
         batches = make_batches(items, args.batch_size, args.steps, collate)
         seconds, tokens = time_steps(model, batches, args.warmup)
-        width = batches[0]["input_ids"].shape[1]
         rows.append(
             {
-                "layout": layout,
+                "layout": layout if length is None else f"packed to {length}",
                 "rows_per_step": args.batch_size,
-                "row_tokens": width,
+                "row_tokens": batches[0]["input_ids"].shape[1],
                 "real_tokens_per_step": tokens,
                 "step_s": round(seconds, 4),
                 "tokens_per_s": round(tokens / seconds),
             }
         )
-    speedup = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    for row in rows:
+        row["vs_unpacked"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
     mean_length = statistics.mean(len(feature["input_ids"]) for feature in features)
     print(
-        f"tiny-llama, {len(features)} maths examples (mean {mean_length:.0f} tokens) -> "
-        f"{len(packed)} packed rows of <= {args.max_length}; torch threads {torch.get_num_threads()}"
+        f"tiny-llama (hidden size {model.config.hidden_size}), {len(features)} maths examples "
+        f"(mean {mean_length:.0f} tokens); torch threads {torch.get_num_threads()}"
     )
     header = list(rows[0])
     print(markdown_table(header, [[str(row[key]) for key in header] for row in rows]))
-    print(f"packed / unpacked tokens per second: {speedup:.2f}")
-    result = {"bench": "packing", "threads": args.threads, "rows": rows, "speedup": speedup}
+    result = {"bench": "packing", "threads": args.threads, "rows": rows}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
 
