@@ -8,6 +8,7 @@ import logging
 import re
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 
@@ -349,3 +350,20 @@ def test_diagnose_and_study_pass_the_layout_options_to_the_loader(tmp_path, caps
                 "--out", str(tmp_path / command)]  # fmt: skip
         assert cli.main(argv) == 2
         assert "chat.jsonl:1: missing field 'text'" in capsys.readouterr().err
+
+
+def test_lisa_study_on_a_chat_file_scores_loss_and_no_accuracy(tmp_path):
+    records = [
+        {"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": str(i)}]}
+        for i in range(16)
+    ]
+    spec = write_jsonl(tmp_path / "chat.jsonl", records)
+    held = write_jsonl(tmp_path / "held.jsonl", records[:2])
+    out = tmp_path / "study"
+    argv = ["study", "--model", "tiny-llama", "--methods", "lisa", "--seeds", "1", "--steps", "1",
+            "--lr-factors", "1", "--data", spec, "--eval-data", held, "--val-examples", "2",
+            "--test-examples", "2", "--max-length", "64", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 1 and runs["test_loss"].notna().all()
+    assert runs["test_accuracy"].isna().all() and (runs["num_scored"] == 0).all()
