@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from lisa_apps.folder_lock import lock_holder
 from lisa_apps.outputs import MANIFEST, OutputError, RunFolder
 
 __all__ = [
@@ -145,6 +146,12 @@ class ResumedRunFolder(RunFolder):
             raise OutputError(
                 f"{self.label} {self.path} is not the folder of an earlier `{self.command}` run; "
                 "resume into the folder that holds the checkpoint"
+            )
+        holder = lock_holder(self.path)
+        if holder is not None:  # the run is still going: one writer at a time
+            raise OutputError(
+                f"{self.label} {self.path} is being written by pid {holder.get('pid')} "
+                f"({holder.get('command')}); wait for it to stop before resuming"
             )
         self.resuming = True
         if not self.written:

@@ -133,3 +133,20 @@ def test_fsdp2_runs_refuse_checkpoint_flags(flags, tmp_path, monkeypatch, capsys
     error = capsys.readouterr().err
     assert code == 2 and f"{flags[0]}: --distributed fsdp2 runs" in error, error
     assert not out.exists()
+
+
+def test_resume_refuses_a_run_that_is_still_writing(tmp_path, capsys):
+    from lisa_apps.folder_lock import FolderLock
+
+    out = tmp_path / "run"
+    with RunFolder(out, command="lisa train", arguments={"model": "tiny-llama", "method": "lisa"}):
+        pass
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    lock = FolderLock(out, command="lisa train").acquire()  # the first run, still training
+    try:
+        code = cli.main(["train", "--model", "tiny-llama", "--out", str(out), "--resume", "auto"])
+    finally:
+        lock.release()
+    error = capsys.readouterr().err
+    assert code == 2 and "is being written by pid" in error, error
