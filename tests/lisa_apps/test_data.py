@@ -200,7 +200,7 @@ def test_jsonl_splits_are_disjoint_complete_and_stable(tmp_path):
 def test_load_examples_math_defaults_and_errors(tmp_path):
     assert len(load_examples("math", split="test", num_examples=5)) == 5
     assert load_examples("math", num_examples=3, seed=2) == make_math_problems(3, seed=2)
-    with pytest.raises(ValueError, match="missing.jsonl: no such file"):
+    with pytest.raises(ValueError, match=r"missing\.jsonl: no such file"):
         load_examples(str(tmp_path / "missing.jsonl"))
     one = write_lines(tmp_path / "one.jsonl", [json.dumps({"instruction": "a", "output": "b"})])
     split = jsonl_split(load_jsonl(one)[0])
