@@ -37,6 +37,9 @@ _ALPACA_ALIASES = {
 
 # What --data-columns may rename: the canonical column each format reads.
 COLUMN_ROLES = ("instruction", "input", "output", "system", "answer", "messages", "text")
+# LLaMA-Factory's names for the same fields (its dataset_info.json "columns"), accepted too.
+_COLUMN_SYNONYMS = {"prompt": "instruction", "query": "input", "response": "output",
+                    "conversations": "messages"}  # fmt: skip
 
 # ShareGPT speakers (and the role names some ShareGPT exports already use) -> chat roles.
 _SHAREGPT_ROLES = {
@@ -54,7 +57,8 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
     The left side is the field this loader reads (one of :data:`COLUMN_ROLES`; ``messages``
     also stands for sharegpt's ``conversations``), the right side the column in the user's set,
-    as LLaMA-Factory's ``columns:`` entry maps them.
+    as LLaMA-Factory's ``columns:`` entry maps them; its field names ``prompt``, ``query``,
+    ``response`` and ``conversations`` are accepted for instruction, input, output, messages.
 
     Args:
         text: the comma list, or ``None``.
@@ -68,6 +72,8 @@ def parse_columns(text: str | None) -> dict[str, str]:
     Example:
         >>> parse_columns("instruction=question, output=solution")
         {'instruction': 'question', 'output': 'solution'}
+        >>> parse_columns("prompt=q,response=a")
+        {'instruction': 'q', 'output': 'a'}
     """
     if text is None:
         return {}
@@ -78,6 +84,7 @@ def parse_columns(text: str | None) -> dict[str, str]:
         field, sep, column = (side.strip() for side in item.partition("="))
         if not sep or not field or not column:
             raise ValueError(f"{item!r} is not FIELD=COLUMN (e.g. instruction=question)")
+        field = _COLUMN_SYNONYMS.get(field, field)
         if field not in COLUMN_ROLES:
             raise ValueError(f"{field!r} is not a field; use one of {', '.join(COLUMN_ROLES)}")
         if field in mapping:
@@ -145,7 +152,7 @@ def normalize_record(record, data_format: str, where: str, mapping: dict[str, st
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if mapping:
-        record = _renamed(record, mapping, where)
+        record = _renamed(record, mapping, where, data_format)
     if data_format == "alpaca":
         return _alpaca(record, where)
     if data_format in ("messages", "sharegpt"):
@@ -160,7 +167,7 @@ def normalize_record(record, data_format: str, where: str, mapping: dict[str, st
     raise ValueError(f"data format {data_format!r} is not one of {', '.join(FORMATS)}")
 
 
-def _renamed(record: dict, mapping: dict[str, str], where: str) -> dict:
+def _renamed(record: dict, mapping: dict[str, str], where: str, data_format: str) -> dict:
     renamed = dict(record)
     for field, column in mapping.items():
         if column not in record:
@@ -169,8 +176,8 @@ def _renamed(record: dict, mapping: dict[str, str], where: str) -> dict:
                 f"{column!r}; found {sorted(record)}"
             )
         value = renamed.pop(column)
-        if field == "messages" and "conversations" in record and column == "conversations":
-            field = "conversations"
+        if field == "messages" and data_format == "sharegpt":
+            field = "conversations"  # sharegpt's turns live under that name
         renamed[field] = value
     return renamed
 
@@ -234,6 +241,11 @@ def _conversation(record: dict, data_format: str, where: str) -> list[dict]:
         raise ValueError(f"{where}: field {key!r} must be a non-empty list of turns")
     messages = []
     for number, turn in enumerate(turns, start=1):
+        if isinstance(turn, dict) and key == "messages" and {"from", "value"} <= set(turn):
+            raise ValueError(
+                f"{where}: turn {number} has 'from' and 'value', sharegpt's names; pass "
+                "--data-format sharegpt"
+            )
         if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
             raise ValueError(
                 f"{where}: turn {number} of {key!r} must be an object with {role_key!r} and "

@@ -81,6 +81,8 @@ def test_messages_jsonl_labels_exactly_the_assistant_turns_and_keeps_the_system_
     examples = load_examples(spec, split="all")
     assert list(examples) == [{"messages": MESSAGES, "answer": None}]
     assert features_of(examples) == [THREE_TURNS]
+    # Read from an Arrow file on disk (memory-mapped), not held as Python objects.
+    assert examples.dataset.cache_files and examples.dataset.cache_files[0]["filename"].endswith(".arrow")
 
 
 def test_sharegpt_json_array_with_a_bom_and_upper_case_suffix_reads_the_same(tmp_path):
@@ -92,6 +94,19 @@ def test_sharegpt_json_array_with_a_bom_and_upper_case_suffix_reads_the_same(tmp
     lines = tmp_path / "chat.JSONL"
     lines.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode() + b"\n")
     assert features_of(load_examples(str(lines), split="all")) == [THREE_TURNS]
+
+
+def test_a_renamed_sharegpt_column_reads_with_the_forced_format(tmp_path):
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]
+    spec = write_jsonl(tmp_path / "dialog.jsonl", [{"dialog": turns}])
+    with pytest.raises(ValueError, match=r"dialog\.jsonl:1: turn 1 has 'from' and 'value'.*sharegpt"):
+        load_examples(spec, split="all", columns={"messages": "dialog"})
+    [example] = load_examples(
+        spec, split="all", columns={"messages": "dialog"}, data_format="sharegpt"
+    )
+    assert example["messages"] == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}
+    ]
 
 
 def test_parquet_and_a_saved_dataset_dict_read_the_same(tmp_path):
