@@ -23,7 +23,7 @@ LENGTH = 12
 VOCAB = 128
 LEARNING_RATE = 1e-2
 # AdamW's eps in every compared run: at 1 (not 1e-8) a step is lr * m / (sqrt(v) + 1), which
-# moves by at most 2 * lr / eps times a change in the gradients, so float32 sums in another
+# moves by about 2 * lr / eps times a change in the gradients, so float32 sums in another
 # order move the parameters by a bounded amount (the derivation is in test_distributed.py). At
 # eps 1e-8 a rounding difference in a near-zero gradient can flip a step of lr per element.
 ADAM_EPS = 1.0

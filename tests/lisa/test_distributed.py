@@ -22,9 +22,9 @@ import torch.multiprocessing as mp
 from lisa import LayerMap, Lisa, LisaConfig, minimum_optimizer_state_bytes
 from lisa.distributed import check_model_wrapper, shard_units
 from tests.lisa import distributed_workers as workers
+from tests.numerics import U32, adam_ratio_bound
 
 WORLD = 2
-U32 = 2.0**-24  # float32 unit roundoff
 # First-step gradients: the same parameters and data, the sums in another order. Two orders of
 # a sum of n float32 terms differ by at most 2(n - 1)u * sum|x| (Higham, "Accuracy and
 # Stability of Numerical Algorithms", 2002, eq. 4.4, once per order). A gradient element here
@@ -35,10 +35,11 @@ U32 = 2.0**-24  # float32 unit roundoff
 SUM_TERMS = 4096
 CANCELLATION = 10
 GRAD_RTOL = 2 * SUM_TERMS * U32 * CANCELLATION  # 4.9e-3 of the tensor's largest |g|
-# AdamW's step lr * m / (sqrt(v) + eps) moves by at most 2 lr / eps times the largest change in
-# the gradients it averages (m and sqrt(v) are weighted means of g and |g|, each moving by at
-# most that change, and |m| / sqrt(v) <= 1.01 over <= 6 steps), and weight decay shrinks a
-# difference; so T steps differ by at most T * 2 lr / eps * GRAD_RTOL * G, G the largest |g|
+# AdamW's step lr * m / (sqrt(v) + eps) moves by at most (1 + R) lr / eps times the largest
+# change in the gradients it averages (m and sqrt(v) are weighted means of g and |g|, each moving
+# by at most that change; R = adam_ratio_bound(T) >= |m| / sqrt(v), 1.016 over six steps), and
+# weight decay shrinks a difference; so T steps differ by at most
+# T * (1 + R) lr / eps * GRAD_RTOL * G, G the largest |g|
 # of the run, taken as GRADIENT_GROWTH times the first step's (measured over the plain loop's
 # six steps: 0.15 to 0.19, first 0.19). Feedback of earlier differences through later
 # gradients is second order (lr / eps = 0.01) and left out: the measured difference is 4e-9.
@@ -54,7 +55,7 @@ def _largest_gradient(run: dict) -> float:
 
 def param_atol(reference: dict, steps: int) -> float:
     """Largest parameter difference float32 rounding can cause after ``steps`` AdamW steps."""
-    step_bound = 2 * workers.LEARNING_RATE / workers.ADAM_EPS
+    step_bound = (1 + adam_ratio_bound(steps)) * workers.LEARNING_RATE / workers.ADAM_EPS
     return steps * step_bound * GRAD_RTOL * GRADIENT_GROWTH * _largest_gradient(reference)
 
 
