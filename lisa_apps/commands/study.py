@@ -244,6 +244,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         import logging
         import warnings
 
+        from lisa_apps.recipes import RECIPE_FILE, resolved_recipe
         from lisa_apps.study import run_study
 
         if not args.verbose:
@@ -264,7 +265,9 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         )
         for note in notes:
             print(f"note: {note}")
-        result = run_study(settings, folder, log=print)
+        with folder:  # opened here to record the resolved options first (run_study's `with` reuses it)
+            folder.write_text(RECIPE_FILE, resolved_recipe(args))
+            result = run_study(settings, folder, log=print)
         print(format_summary(result.summary))
         skipped = len(result.runs) - result.trained
         print(

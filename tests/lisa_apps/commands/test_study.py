@@ -7,6 +7,7 @@ import pytest
 
 from diagnostics.policy import SamplingPolicy
 from lisa_apps.cli import main
+from lisa_apps.recipes import load_recipe
 from lisa_apps.study import RUN_COLUMNS
 
 ISSUE_COMMAND = ["study", "--model", "tiny-llama", "--methods", "ft,lora,lisa",
@@ -37,6 +38,7 @@ def test_the_issue_command_writes_runs_summary_plot_and_policy(studied):
     policy = SamplingPolicy.from_json(studied / "policies" / "grad-norm.json")
     assert policy.provenance["score_source"] == "grad-norm" and policy.gamma == 2
     assert (studied / "loss.png").stat().st_size > 0
+    assert load_recipe(studied / "recipe.yaml")["seeds"] == 2  # --config of a repeat
     for run_id in runs["run_id"]:
         assert (studied / "runs" / run_id / "metrics.json").is_file()
 
