@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lisa_apps.data.formats import FORMATS, detect_format, normalize_record
-from lisa_apps.data.jsonl import jsonl_split
+from lisa_apps.data.split import jsonl_split
 
 __all__ = ["Examples", "read_examples"]
 
