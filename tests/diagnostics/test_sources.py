@@ -175,6 +175,7 @@ def _reference_outlier_ratios(model, batches, threshold):
     return np.array(ratios)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("threshold", [2.0, 4.0])
 def test_outlier_ratio_matches_a_direct_computation_with_padding(model, threshold):
     batches = _batches(count=2, pad=3)
@@ -186,6 +187,7 @@ def test_outlier_ratio_matches_a_direct_computation_with_padding(model, threshol
     )
 
 
+@pytest.mark.numerics
 def test_outlier_scores_ignore_padding_and_reverse_mirrors_them(model):
     batches = _batches(count=1, batch_size=2, length=8)
     padded = {k: torch.cat([v, torch.zeros_like(v[:, :3]) + (0 if k != "labels" else -100)], 1)
