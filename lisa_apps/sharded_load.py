@@ -190,7 +190,12 @@ def load_for_run(
     if not can_load_sharded(name_or_path):
         return load_model(name_or_path, seed=seed)
     tokenizer = load_tokenizer(name_or_path)  # checks the folder, sets a pad token
-    model = meta_model(name_or_path)
+    try:
+        model = meta_model(name_or_path)
+    except ValueError as error:  # names from another version of the class: transformers maps them
+        logger.warning("loading the whole model on every rank: %s", error)
+        return load_model(name_or_path, seed=seed)
+    logger.info("loading %s shard by shard (no rank holds the whole model)", name_or_path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
