@@ -99,7 +99,7 @@ def _rank(rank: int, world: int, port: int, folder: str, way: str, precision: st
 
     from diagnostics.runtime import prepare_model
     from lisa.distributed import shard_model
-    from lisa_apps.sharded_load import load_shards, meta_model
+    from lisa_apps.sharded_load import empty_model, load_shards
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -124,7 +124,7 @@ def _rank(rank: int, world: int, port: int, folder: str, way: str, precision: st
                     shard_model(model, mesh=mesh)
                 torch.distributed.barrier()
         else:
-            model = meta_model(folder)
+            model = empty_model(folder)
             prepare_model(model, device=None, precision=precision)  # as finetune does
             shard_model(model, mesh=mesh)
             load_shards(model, cpu)

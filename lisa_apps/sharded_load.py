@@ -11,7 +11,7 @@ one rank's slice of one tensor.
 
 Three steps, because the runner prepares the model between them (precision, what trains):
 
-1. :func:`meta_model` builds the model: parameters on meta, buffers real (rotary ``inv_freq``
+1. :func:`empty_model` builds the model: parameters on meta, buffers real (rotary ``inv_freq``
    and the like are computed by the model's own ``__init__``, exactly as a normal load does).
 2. the caller casts it (``model.to(dtype=...)`` casts the buffers as it would a loaded model),
    sets what trains and calls ``shard_model``;
@@ -35,15 +35,15 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_ATTRIBUTE",
     "can_load_sharded",
+    "empty_model",
     "load_for_run",
     "load_shards",
-    "meta_model",
     "on_meta",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Set by meta_model on the model it builds: the folder load_shards reads.
+# Set by empty_model on the model it builds: the folder load_shards reads.
 CHECKPOINT_ATTRIBUTE = "lisa_checkpoint_folder"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -144,7 +144,7 @@ class SafetensorsRows:
 
 
 def on_meta(model: nn.Module) -> bool:
-    """True when ``model``'s parameters have no storage yet (built by :func:`meta_model`).
+    """True when ``model``'s parameters have no storage yet (built by :func:`empty_model`).
 
     Example:
         >>> on_meta(nn.Linear(2, 2))
@@ -172,7 +172,7 @@ def load_for_run(
     """``(model, tokenizer)`` for a run: a meta model when FSDP2 will load it shard by shard.
 
     Under ``distributed="fsdp2"`` with more than one rank, a folder of safetensors (not a LoRA
-    run, whose adapters are initialised on the whole model) gives :func:`meta_model`'s model,
+    run, whose adapters are initialised on the whole model) gives :func:`empty_model`'s model,
     which :func:`lisa_apps.training.finetune` loads after sharding. Everything else (one
     process, DDP, the built-in names, the default GGUF model, adapter folders) is
     :func:`lisa_apps.models.load_model`.
@@ -191,7 +191,7 @@ def load_for_run(
         return load_model(name_or_path, seed=seed)
     tokenizer = load_tokenizer(name_or_path)  # checks the folder, sets a pad token
     try:
-        model = meta_model(name_or_path)
+        model = empty_model(name_or_path)
     except ValueError as error:  # names from another version of the class: transformers maps them
         logger.warning("loading the whole model on every rank: %s", error)
         return load_model(name_or_path, seed=seed)
@@ -201,7 +201,7 @@ def load_for_run(
     return model, tokenizer
 
 
-def meta_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+def empty_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The causal LM of ``folder`` with its parameters on the meta device and real buffers.
 
     Tied weights are tied (the head's weight is the embedding's parameter). The folder is
@@ -272,7 +272,7 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
     weight). Buffers the model computed (not in the checkpoint) keep their values.
 
     Args:
-        model: built by :func:`meta_model`, then sharded (``lisa.distributed.shard_model``).
+        model: built by :func:`empty_model`, then sharded (``lisa.distributed.shard_model``).
         device: the mesh's device (this rank's CUDA device, or the CPU under gloo).
 
     Returns:
@@ -281,7 +281,7 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
     folder = getattr(model, CHECKPOINT_ATTRIBUTE, None)
     if folder is None:
         raise ValueError(
-            "load_shards needs a model built by lisa_apps.sharded_load.meta_model (it records "
+            "load_shards needs a model built by lisa_apps.sharded_load.empty_model (it records "
             "the checkpoint folder)"
         )
     stored = checkpoint_files(folder)

@@ -179,13 +179,13 @@ def finetune(
     # FSDP2 moves each unit's shard to the device as it shards (1/W of the model per rank, one
     # unit at a time), so a sharded run keeps the full model on the CPU until then.
     sharded = config.distributed == "fsdp2" and world > 1
-    # A model from lisa_apps.sharded_load.meta_model has no weights yet: each rank reads its
+    # A model from lisa_apps.sharded_load.empty_model has no weights yet: each rank reads its
     # shards from the checkpoint once sharded, so no rank ever holds the whole model.
     empty = on_meta(model)
     if empty and (not sharded or config.method == "lora"):
         raise ValueError(
             "the model's parameters are on the meta device; load it with load_model, or with "
-            "lisa_apps.sharded_load.meta_model only for FT or LISA under distributed='fsdp2' "
+            "lisa_apps.sharded_load.empty_model only for FT or LISA under distributed='fsdp2' "
             "on several ranks"
         )
     prepare_model(

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lisa_apps.sharded_load import can_load_sharded, checkpoint_files, meta_model
+from lisa_apps.sharded_load import can_load_sharded, checkpoint_files, empty_model
 from lisa_apps.tiny import build_tiny_model, build_tiny_tokenizer
 
 WORLD = 2
@@ -57,7 +57,7 @@ def _worker(rank: int, port: int, root: str) -> None:
         results = {}
         for case in CASES:
             for dtype in RUN_DTYPES:
-                model = meta_model(Path(root) / case)
+                model = empty_model(Path(root) / case)
                 model.to(dtype=dtype)  # what prepare_model does to a loaded model
                 shard_model(model, mesh=init_device_mesh("cpu", (WORLD,)))
                 load_shards(model, "cpu")
@@ -193,15 +193,15 @@ def test_each_rank_holds_its_rows_only(ranks):
     assert rows[1]["model.embed_tokens.weight"] == VOCAB - 161
 
 
-def test_meta_model_has_no_parameter_storage_and_computed_buffers(checkpoints):
-    model = meta_model(checkpoints / "untied")
+def test_empty_model_has_no_parameter_storage_and_computed_buffers(checkpoints):
+    model = empty_model(checkpoints / "untied")
     assert all(p.is_meta for p in model.parameters())
     reference = _one_process(checkpoints / "untied", torch.float32)
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, reference[f"buffer:{name}"]), name
 
 
-def test_meta_model_refuses_a_checkpoint_without_the_model_names(checkpoints, tmp_path):
+def test_empty_model_refuses_a_checkpoint_without_the_model_names(checkpoints, tmp_path):
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "renamed"
@@ -212,9 +212,9 @@ def test_meta_model_refuses_a_checkpoint_without_the_model_names(checkpoints, tm
         tensors |= {f"old.{n}": t for n, t in load_file(file).items()}
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(ValueError, match=r"lack \d+ of the model.s tensors"):
-        meta_model(folder)
+        empty_model(folder)
 
 
 def test_a_checkpoint_with_other_names_loads_whole_instead(ranks):
-    # The index without lm_head.weight: meta_model refuses it, load_for_run loads it whole.
+    # The index without lm_head.weight: empty_model refuses it, load_for_run loads it whole.
     assert all(rank["fallback_on_meta"] is False for rank in ranks)
