@@ -71,6 +71,7 @@ def run_probe(
     run: str | None = None,
     path: str | os.PathLike | None = None,
     distributed: str | None = None,
+    fill_shards: Callable[[nn.Module, torch.device], object] | None = None,
 ) -> pd.DataFrame:
     """Train briefly with LoRA or full fine-tuning and record per-layer norms each step.
 
@@ -109,6 +110,9 @@ def run_probe(
             :func:`lisa.distributed.shard_model`), inside an initialised process group.
             ``batch_size`` is then the global batch, split evenly over the ranks; the loss is
             the global token mean and the norms are the whole model's, the same on every rank.
+        fill_shards: under "fsdp2", for a model whose parameters are still on the meta device
+            (``lisa_apps.sharded_load.empty_model``): called with the sharded model and the
+            device, it fills each rank's shards (``lisa_apps.sharded_load.load_shards``).
 
     Returns:
         The tidy norms table (see NormRecorder); ``table.attrs["losses"]`` holds the loss per
@@ -150,10 +154,17 @@ def run_probe(
     trained = model if isinstance(model, nn.Module) else model()
     if not isinstance(trained, nn.Module):
         raise TypeError(f"the model function returned {type(trained).__name__}, not a module")
-    # FSDP2 moves each unit's shard to the device as it shards: keep the whole model on the CPU.
+    empty = any(parameter.is_meta for parameter in trained.parameters())
+    if empty and (distributed != "fsdp2" or fill_shards is None or method != "ft"):
+        raise ValueError(
+            "the model's parameters are on the meta device: only the FT probe under "
+            "distributed='fsdp2' with fill_shards loads them (after sharding)"
+        )
+    # FSDP2 moves each unit's shard to the device as it shards: keep the whole model on the CPU
+    # (an empty model is only cast: its shards are filled once sharded).
     prepare_model(
         trained,
-        device=torch.device("cpu") if distributed == "fsdp2" else torch_device,
+        device=None if empty else torch.device("cpu") if distributed == "fsdp2" else torch_device,
         precision=precision,
         gradient_checkpointing=gradient_checkpointing,
     )
@@ -174,6 +185,8 @@ def run_probe(
         from lisa.distributed import shard_model
 
         shard_model(trained, layer_map, mesh=init_device_mesh(torch_device.type, (world,)))
+        if empty:
+            fill_shards(trained, torch_device)
         layer_map = LayerMap.from_model(trained)  # the parameters are now DTensors
     elif distributed == "ddp":
         from torch.nn.parallel import DistributedDataParallel

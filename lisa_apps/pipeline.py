@@ -34,6 +34,7 @@ from lisa.signature import layer_signature
 from lisa.validation import check_int, check_positive_float
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.outputs import RunFolder
+from lisa_apps.sharded_load import load_shards
 
 __all__ = ["DiagnoseSettings", "Diagnosis", "diagnose"]
 
@@ -152,17 +153,24 @@ class Diagnosis:
 ModelSource = nn.Module | str | Callable[[], nn.Module]
 
 
-def _model_factory(source: ModelSource, seed: int) -> Callable[[], nn.Module]:
+def _model_factory(
+    source: ModelSource, seed: int, distributed: str | None = None
+) -> Callable[[str], nn.Module]:
+    """A function of the probe method that builds that probe's model."""
     if isinstance(source, str):
-        from lisa_apps.models import load_model
+        from lisa_apps.sharded_load import load_for_run
 
-        return lambda: load_model(source, seed=seed)[0]
+        # Under FSDP2 the FT probe loads a safetensors folder shard by shard (an empty model
+        # run_probe fills after sharding); the LoRA probe (DDP) loads it whole.
+        return lambda method: load_for_run(
+            source, seed=seed, distributed=_probe_distribution(distributed, method), method=method
+        )[0]
     if isinstance(source, nn.Module):
         # The caller keeps its model unchanged: each probe trains a copy (pass a name or a
         # function to avoid holding the copy beside the original).
-        return lambda: copy.deepcopy(source)
+        return lambda method: copy.deepcopy(source)
     if callable(source):
-        return source
+        return lambda method: source()
     raise TypeError(f"model must be a module, a model name or a function, not {source!r}")
 
 
@@ -217,7 +225,7 @@ def diagnose(
     """
     settings = settings or DiagnoseSettings()
     started = time.perf_counter()
-    build = _model_factory(model, settings.seed)
+    build = _model_factory(model, settings.seed, settings.distributed)
     if isinstance(model, str):
         model_name = model_name or model
     owns_folder = not isinstance(out_dir, RunFolder | None)
@@ -267,7 +275,7 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
         if folder is not None:
             partial = folder.file(f"norms-{method}.csv")  # streamed as the probe runs
             folder.file(f"norms-{method}.json")
-        probe_model = build()
+        probe_model = build(method)
         if layer_map_facts is None:
             layer_map = LayerMap.from_model(probe_model)
             if settings.gamma > layer_map.num_blocks:
@@ -308,6 +316,7 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
                 run=f"{method}-probe",
                 path=partial,
                 distributed=_probe_distribution(settings.distributed, method),
+                fill_shards=load_shards,
             )
             del probe_model
             gc.collect()

@@ -71,6 +71,7 @@ def _worker(rank: int, port: int, root: str) -> None:
                     "local_rows": {n: p.to_local().shape[0] for n, p in model.named_parameters()},
                 }
         results["finetune"] = _finetune_both_ways(Path(root) / "untied")
+        results["ft_probe"] = _ft_probe_both_ways(Path(root) / "untied")
         model, _ = load_for_run(str(Path(root) / "renamed"), distributed="fsdp2")
         results["fallback_on_meta"] = on_meta(model)
         torch.save(results, Path(root) / f"rank{rank}.pt")
@@ -109,6 +110,26 @@ def _finetune_both_ways(folder: Path) -> dict:
             "eval_loss": result.metrics["after"]["eval_loss"],
         }
     return runs
+
+
+def _ft_probe_both_ways(folder: Path) -> dict:
+    """lisa diagnose's FT probe under FSDP2 from an empty model (filled after sharding) and a
+    full load."""
+    from diagnostics.probes import run_probe
+    from lisa_apps.data import DataCollator, make_math_problems, tokenize_examples
+    from lisa_apps.models import load_model
+    from lisa_apps.sharded_load import load_shards
+
+    full, tokenizer = load_model(str(folder))
+    features = tokenize_examples(make_math_problems(4), tokenizer, max_length=384)
+    probes = {}
+    for way, model in (("sharded", empty_model(folder)), ("full", full)):
+        table = run_probe(
+            model, features, "ft", collate=DataCollator(tokenizer), steps=2, batch_size=2,
+            device="cpu", progress=False, distributed="fsdp2", fill_shards=load_shards,
+        )  # fmt: skip
+        probes[way] = {"losses": list(table.attrs["losses"]), "norms": table["norm"].tolist()}
+    return probes
 
 
 def _free_port() -> int:
@@ -184,6 +205,14 @@ def test_finetune_from_a_sharded_load_trains_as_from_a_full_load(ranks):
         assert len(runs["sharded"]["losses"]) == 2
         assert runs["sharded"]["losses"] == runs["full"]["losses"]
         assert runs["sharded"]["eval_loss"] == runs["full"]["eval_loss"]
+
+
+def test_ft_probe_from_an_empty_model_equals_one_from_a_full_load(ranks):
+    # As above: the same weights and the same ops give the same floats.
+    for rank in ranks:
+        probes = rank["ft_probe"]
+        assert len(probes["sharded"]["losses"]) == 2 and probes["sharded"]["norms"]
+        assert probes["sharded"] == probes["full"]
 
 
 def test_each_rank_holds_its_rows_only(ranks):
