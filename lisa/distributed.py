@@ -98,6 +98,8 @@ def _group_modules(model: nn.Module, members: set[int], taken: set[int]) -> list
     for _, module in model.named_modules():
         if module is model or id(module) in inside:
             continue
+        if isinstance(module, nn.ModuleList | nn.ModuleDict):
+            continue  # a container has no forward of its own; fully_shard refuses it
         parameters = {id(p) for p in module.parameters()}
         if parameters and parameters <= members:
             chosen.append(module)

@@ -161,6 +161,14 @@ def test_fsdp2_units_follow_the_layer_groups(tiny_llama, tiny_gpt2):
     }
 
 
+def test_a_single_block_is_its_own_unit_not_the_list_that_holds_it(tiny_llama):
+    # The ModuleList of one block holds only that block's parameters; fully_shard refuses a
+    # container without a forward, so the unit must be the block itself.
+    model = tiny_llama(num_blocks=1)
+    units = dict(shard_units(model))
+    assert [type(m).__name__ for m in units["block.0"]] == ["LlamaDecoderLayer"]
+
+
 @pytest.mark.numerics
 def test_fsdp2_ranks_draw_alike_and_equal_one_process(fsdp2_ranks, reference):
     assert len(reference["history"]) == 3  # three periods: the run switched
