@@ -383,12 +383,6 @@ def _check_schedule(args: argparse.Namespace) -> None:
         raise ValueError(
             "--resume continues the run in --out and --overwrite replaces it; pass one of them"
         )
-    if args.distributed == "fsdp2" and (args.resume is not None or args.save_steps is not None):
-        flag = "--resume" if args.resume is not None else "--save-steps"
-        raise ValueError(
-            f"{flag}: --distributed fsdp2 runs write and read no checkpoints yet (sharded "
-            "checkpoints are separate work); use --distributed ddp, or drop it"
-        )
 
 
 def _finetune_config(**fields):
@@ -411,11 +405,15 @@ def _claim_for_resume(args: argparse.Namespace, model_name: str):
     from pathlib import Path
 
     from lisa_apps.training.checkpoints import ResumedRunFolder, resolve_resume
+    from lisa_apps.training.dcp import check_checkpoint_kind
 
     checkpoint = resolve_resume(
         args.resume, args.out, command=COMMAND, model=model_name, method=args.method
     )
     args.resume = str(checkpoint)
+    check_checkpoint_kind(
+        checkpoint, distributed=args.distributed, world=int(os.environ.get("WORLD_SIZE", "1"))
+    )
     if Path(args.out).resolve() != checkpoint.parent.resolve():
         return claim_output(args, COMMAND)  # a new folder continues the run from PATH
     main_rank = args.distributed is None or os.environ.get("RANK") == "0"

@@ -191,12 +191,6 @@ class FinetuneConfig:
             raise ValueError(
                 f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'"
             )
-        if self.distributed == "fsdp2" and self.save_steps is not None:
-            raise ValueError(
-                f"save_steps={self.save_steps}: FSDP2 runs do not write checkpoints yet (sharded "
-                "checkpoints need torch.distributed.checkpoint); use distributed='ddp' or drop "
-                "save_steps"
-            )
         if self.distributed == "fsdp2" and "wandb" in self.report_to:
             raise ValueError(
                 "report_to='wandb' is not available under distributed='fsdp2' (the plain loop "

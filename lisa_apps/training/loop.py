@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,9 @@ def train_loop(
     precision: str,
     progress: bool = False,
     writer=None,
+    checkpoint_dir=None,
+    resume_from=None,
+    folder=None,
 ) -> LoopRun:
     """Train ``model`` for ``config.steps`` steps, sharded with FSDP2 inside a process group.
 
@@ -140,6 +144,11 @@ def train_loop(
         progress: show a tqdm bar on rank 0.
         writer: receives every log row (``writer.log(row)``), e.g. a
             :class:`lisa_apps.training.tracking.TensorBoardWriter` on rank 0; None for none.
+        checkpoint_dir: where ``checkpoint-N`` folders go every ``config.save_steps`` steps
+            (:mod:`lisa_apps.training.dcp`); every rank passes it.
+        resume_from: a ``checkpoint-N`` folder this loop wrote on as many ranks: training
+            continues after its step with its weights, optimizer, schedule, RNG and LISA state.
+        folder: rank 0's run folder, where each checkpoint is recorded before it is written.
 
     Returns:
         A :class:`LoopRun`.
@@ -159,6 +168,7 @@ def train_loop(
     from transformers import get_scheduler
 
     from lisa.distributed import reshard_model, shard_model
+    from lisa_apps.training.dcp import load_checkpoint, save_checkpoint
 
     rank, world = rank_and_world()
     if config.batch_size % world:
@@ -182,14 +192,21 @@ def train_loop(
         num_warmup_steps=config.warmup(steps),
         num_training_steps=steps,
     )
+    first_step, rows = 0, []
+    if resume_from is not None:
+        first_step, rows = load_checkpoint(
+            resume_from, model=model, optimizer=optimizer, scheduler=scheduler, lisa=lisa,
+            rank=rank, world=world,
+        )  # fmt: skip
     per_rank = config.batch_size // world
     accumulation = config.grad_accum
     micro_batches = global_batches(
         len(train_features), config.batch_size, steps * accumulation, config.seed
     )
-    rows: list[dict[str, Any]] = []
-    freed_at_last_log = 0
-    bar = tqdm(range(steps), desc="training", disable=not progress or rank != 0, leave=False)
+    freed_at_last_log = 0 if lisa is None else lisa.freed_bytes_total
+    bar = tqdm(
+        range(first_step, steps), desc="training", disable=not progress or rank != 0, leave=False
+    )
     for step in bar:
         if lisa is not None:
             lisa.begin_step(step)
@@ -233,11 +250,20 @@ def train_loop(
         if writer is not None:
             writer.log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if config.save_steps is not None and (step + 1) % config.save_steps == 0:
+            name = f"checkpoint-{step + 1}"
+            if folder is not None:
+                folder.file(name)  # recorded first: a run killed while writing still owns it
+            save_checkpoint(
+                Path(checkpoint_dir) / name, step=step + 1, model=model, optimizer=optimizer,
+                scheduler=scheduler, lisa=lisa, log_history=rows, rank=rank, world=world,
+                total_limit=config.save_total_limit,
+            )  # fmt: skip
     bar.close()
     model.eval()
     log_history = pd.DataFrame(rows)
     training_loss = float(log_history["loss"].mean()) if rows else float("nan")
-    return LoopRun(model, log_history, training_loss, optimizer, lisa)
+    return LoopRun(model, log_history, training_loss, optimizer, lisa, first_step=first_step)
 
 
 def optimizer_parameter_groups(model, config: FinetuneConfig) -> list[dict[str, Any]]:

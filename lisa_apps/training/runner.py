@@ -164,10 +164,6 @@ def finetune(
     if not train_features:
         raise ValueError("no training examples; pass at least one")
     steps = config.training_steps(len(train_features))
-    if resume_from is not None and config.distributed == "fsdp2":
-        raise ValueError(
-            "resume_from: FSDP2 runs write and read no checkpoints yet; use distributed='ddp'"
-        )
     if merge_lora and config.method != "lora":
         raise ValueError(f"merge_lora applies to method='lora' only, not {config.method!r}")
     if checkpoint_dir is None and folder is not None:
@@ -238,6 +234,7 @@ def finetune(
                     run = train_loop(
                         model, train_features, collator, config, device=device,
                         precision=precision, progress=progress, writer=writer,
+                        checkpoint_dir=checkpoint_dir, resume_from=resume_from, folder=folder,
                     )  # fmt: skip
                 finally:
                     if writer is not None:

@@ -31,7 +31,6 @@ from lisa_apps.training.tracking import TENSORBOARD_FOLDER, TensorBoardWriter
         ({"max_grad_norm": -1.0}, "max_grad_norm=-1.0 must be a number >= 0"),
         ({"save_steps": 0}, "save_steps=0"),
         ({"report_to": ("tensorbord",)}, "report_to='tensorbord' is not one of"),
-        ({"distributed": "fsdp2", "save_steps": 2}, "FSDP2 runs do not write checkpoints"),
     ],
 )
 def test_config_refuses_bad_schedule_naming_the_field(fields, message):
