@@ -3,7 +3,8 @@
 Writes into --out: runs.csv (one row per finished run), summary.csv (per variant at its chosen
 rate: mean, standard deviation and 95% t interval over seeds, paired difference to uniform
 LISA), loss.png, policies/ (the policy of each score source) and runs/RUN_ID/ (each run's
-files). The same command run again resumes: finished runs are not trained again.
+files); with --eval-every N also curves.csv (test loss every N steps of each run),
+summary_curves.csv (the same statistics per step) and curves.png. The same command run again resumes: finished runs are not trained again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lisa_apps.commands.arguments import (
     check_gamma,
     csv_choices,
     load_data,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -125,6 +127,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--eh", type=csv_choices(EH_CHOICES), default=None,
         help="embedding and head trained every period or frozen (default trained)",
     )  # fmt: skip
+    schedule = parser.add_argument_group("schedule of every run (as `lisa train`'s) and curves")
+    schedule.add_argument(
+        "--lr-scheduler", default=defaults.lr_scheduler,
+        help="a transformers scheduler: linear, cosine, constant_with_warmup, ... (default "
+        f"{defaults.lr_scheduler})",
+    )  # fmt: skip
+    schedule.add_argument(
+        "--warmup-steps", type=nonnegative_int, default=0, help="linear warm-up steps"
+    )
+    schedule.add_argument(
+        "--warmup-ratio", type=nonnegative_float, default=0.0,
+        help="warm-up as a fraction of the steps, in [0, 1) (instead of --warmup-steps)",
+    )  # fmt: skip
+    schedule.add_argument(
+        "--eval-every", type=positive_int, default=None,
+        help="also score each run's test loss every N steps: curves.csv, summary_curves.csv, "
+        "curves.png (default: at the end only)",
+    )  # fmt: skip
     training = parser.add_argument_group("training and scoring")
     training.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     training.add_argument(
@@ -205,6 +225,27 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
             f"--accuracy-examples {accuracy_examples} is more than --test-examples "
             f"{args.test_examples}; score at most the test examples"
         )
+    if args.warmup_steps and args.warmup_ratio:
+        raise ValueError("--warmup-steps and --warmup-ratio both set the warm-up; pass one of them")
+    if args.warmup_ratio >= 1:
+        raise ValueError(
+            f"--warmup-ratio {args.warmup_ratio:g} is a fraction of the steps; use a number in "
+            "[0, 1), or --warmup-steps"
+        )
+    if args.eval_every is not None and args.eval_every > args.steps:
+        raise ValueError(
+            f"--eval-every {args.eval_every} is more than --steps {args.steps}: no point would be "
+            f"scored; use 1..{args.steps}"
+        )
+    from lisa_apps.training.config import FinetuneConfig
+
+    try:
+        FinetuneConfig(lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
+                       warmup_ratio=args.warmup_ratio)  # fmt: skip
+    except ValueError as error:  # the config's message, under the flags' names
+        raise ValueError(
+            str(error).replace("lr_scheduler=", "--lr-scheduler ").replace("warmup_", "--warmup-")
+        ) from None
     info = inspect_model(args.model)
     for gamma in args.gammas:
         check_gamma(gamma, info.num_blocks, args.model, "--gammas")
@@ -235,7 +276,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         score_batches=args.score_batches, outlier_threshold=args.outlier_threshold,
         probe_steps=args.probe_steps, norm_kind=args.norm_kind, norm_reduce=args.norm_reduce,
         device=str(device), precision=args.precision,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio, eval_every=args.eval_every,
     )  # fmt: skip
     variants = settings.variants()
     folder = StudyFolder(args.out, settings.to_dict(), overwrite=args.overwrite).check()

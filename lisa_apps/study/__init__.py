@@ -6,11 +6,20 @@ intervals and paired differences to uniform LISA. See docs/study.md.
 """
 
 from lisa_apps.study.folder import StudyFolder
-from lisa_apps.study.runner import RUN_COLUMNS, StudyResult, choose_rates, run_study, summarise
+from lisa_apps.study.runner import (
+    CURVE_COLUMNS,
+    RUN_COLUMNS,
+    StudyResult,
+    choose_rates,
+    run_study,
+    summarise,
+    summarise_curves,
+)
 from lisa_apps.study.settings import EH_CHOICES, POLICY_NAMES, StudySettings, Variant
 from lisa_apps.study.statistics import mean_interval, paired_difference
 
 __all__ = [
+    "CURVE_COLUMNS",
     "EH_CHOICES",
     "POLICY_NAMES",
     "RUN_COLUMNS",
@@ -23,4 +32,5 @@ __all__ = [
     "paired_difference",
     "run_study",
     "summarise",
+    "summarise_curves",
 ]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from diagnostics.files import atomic_write_bytes
 
-__all__ = ["plot_study"]
+__all__ = ["plot_curves", "plot_study"]
 
 
 def plot_study(runs: pd.DataFrame, summary: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -50,6 +50,42 @@ def plot_study(runs: pd.DataFrame, summary: pd.DataFrame, path: str | os.PathLik
     axis.invert_yaxis()
     axis.set_xlabel("held-out loss (dots: seeds; bar: mean and 95% t interval)")
     axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_curves(curve_summary: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Held-out loss against the step, one line per variant (mean over seeds, t interval band).
+
+    Args:
+        curve_summary: summary_curves.csv rows.
+        path: the PNG to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for number, (variant, frame) in enumerate(curve_summary.groupby("variant", sort=False)):
+        color = f"C{number % 10}"
+        axis.plot(frame["step"], frame["eval_loss_mean"], marker="o", ms=3, color=color,
+                  label=f"{variant} (lr {frame['learning_rate'].iloc[0]:g})")  # fmt: skip
+        if frame["eval_loss_low"].notna().any():
+            axis.fill_between(frame["step"], frame["eval_loss_low"], frame["eval_loss_high"],
+                              color=color, alpha=0.15, linewidth=0)  # fmt: skip
+    axis.set_xlabel("step")
+    axis.set_ylabel("held-out loss (mean over seeds; band: 95% t interval)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)

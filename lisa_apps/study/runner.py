@@ -10,6 +10,9 @@ The rate of a variant is the one with the lowest mean validation loss over the t
 the validation split is carved from the training data, and the test split is never used to
 choose anything. ``summary.csv`` reports, per variant at its chosen rate, the test scores over
 seeds and the paired difference to the reference LISA variant.
+With ``eval_every``, each run also scores its test loss every N steps: ``curves.csv`` holds one
+row per (run, step) and ``summary_curves.csv`` the same statistics per variant per step
+(``curves.png`` draws them).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from lisa_apps.study.folder import StudyFolder
 from lisa_apps.study.settings import StudySettings, Variant
 from lisa_apps.study.statistics import mean_interval, paired_difference
 
-__all__ = ["RUN_COLUMNS", "StudyResult", "choose_rates", "run_study", "summarise"]
+__all__ = [
+    "CURVE_COLUMNS", "RUN_COLUMNS", "StudyResult", "choose_rates", "run_study", "summarise",
+    "summarise_curves",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ RUN_COLUMNS = (
     "num_scored", "train_loss_last", "seconds_per_step", "peak_memory_bytes",
     "peak_memory_measure", "optimizer_state_bytes", "trainable_parameters", "wall_seconds",
 )  # fmt: skip
+# One row per (run, evaluation point) in curves.csv.
+CURVE_COLUMNS = ("run_id", "variant", "method", "seed", "learning_rate", "step", "eval_loss")
 # Variant columns shown in summary.csv before the statistics.
 SUMMARY_ID_COLUMNS = ("variant", "method", "policy", "gamma", "interval", "state_policy",
                       "train_eh", "lora_rank")  # fmt: skip
@@ -52,6 +60,9 @@ class StudyResult:
     Attributes:
         runs: every finished run (runs.csv).
         summary: per variant at its chosen rate (summary.csv).
+        curves: one row per (run, step) of the held-out curves (curves.csv; empty without
+            ``eval_every``).
+        curve_summary: per variant at its chosen rate, per step (summary_curves.csv).
         chosen_rates: variant name -> learning rate chosen on the validation split.
         trained: how many runs this call trained (the others were finished before).
         files: names written into the folder.
@@ -62,6 +73,8 @@ class StudyResult:
     chosen_rates: dict[str, float]
     trained: int = 0
     files: list[str] = field(default_factory=list)
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CURVE_COLUMNS)))
+    curve_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,72 @@ def summarise(
     return pd.DataFrame(rows)
 
 
+def summarise_curves(
+    curves: pd.DataFrame,
+    chosen_rates: dict[str, float],
+    reference: str | None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Per variant at its chosen rate and per step: held-out loss over seeds, paired difference.
+
+    Columns: ``variant``, ``learning_rate``, ``step``, ``num_seeds``, ``eval_loss_mean``,
+    ``_std``, ``_low``, ``_high`` (Student-t interval over seeds, as :func:`summarise`), and,
+    against ``reference`` at the same step (paired by seed): ``loss_diff_mean``,
+    ``loss_diff_low``, ``loss_diff_high``, ``num_pairs``.
+
+    Example:
+        >>> curves = pd.DataFrame({"variant": ["a"] * 2, "seed": [0, 1],
+        ...                        "learning_rate": [1e-4] * 2, "step": [5, 5],
+        ...                        "eval_loss": [1.0, 3.0]})
+        >>> summarise_curves(curves, {"a": 1e-4}, None)[["step", "eval_loss_mean"]].values.tolist()
+        [[5.0, 2.0]]
+    """
+    columns = ["variant", "learning_rate", "step", "num_seeds", "eval_loss_mean", "eval_loss_std",
+               "eval_loss_low", "eval_loss_high", "loss_diff_mean", "loss_diff_low",
+               "loss_diff_high", "num_pairs"]  # fmt: skip
+    chosen = [
+        curves[(curves["variant"] == v) & (curves["learning_rate"] == r)]
+        for v, r in chosen_rates.items()
+    ]
+    chosen_curves = pd.concat(chosen) if chosen else curves.iloc[0:0]
+    by_seed = {
+        (str(variant), int(step)): dict(
+            zip(frame["seed"].astype(int), frame["eval_loss"].astype(float), strict=True)
+        )
+        for (variant, step), frame in chosen_curves.groupby(["variant", "step"], sort=False)
+    }
+    rows = []
+    for (variant, step), frame in chosen_curves.groupby(["variant", "step"], sort=False):
+        stats = mean_interval(frame["eval_loss"].astype(float), confidence)
+        key = (str(reference), int(step))
+        if reference is not None and key in by_seed:
+            diff = paired_difference(by_seed[(str(variant), int(step))], by_seed[key], confidence)
+        else:
+            diff = {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan}
+        rows.append({
+            "variant": variant, "learning_rate": chosen_rates[str(variant)], "step": int(step),
+            "num_seeds": int(frame["seed"].nunique()),
+            **{f"eval_loss_{k}": stats[k] for k in ("mean", "std", "low", "high")},
+            "loss_diff_mean": diff["mean"], "loss_diff_low": diff["low"],
+            "loss_diff_high": diff["high"], "num_pairs": diff["n"],
+        })  # fmt: skip
+    order = {name: index for index, name in enumerate(chosen_rates)}
+    rows.sort(key=lambda row: (order[str(row["variant"])], row["step"]))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _read_curves(folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
+    """The curves of the finished runs, from each run's ``curve.csv`` (in runs.csv order)."""
+    frames = []
+    for run_id in runs["run_id"].astype(str):
+        path = folder.path / "runs" / run_id / "curve.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path))
+    if not frames:
+        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(CURVE_COLUMNS)]
+
+
 def run_study(
     settings: StudySettings,
     folder: StudyFolder,
@@ -259,6 +338,15 @@ def run_study(
                 chosen = choose_rates(rows, settings.tuning_seeds)
                 summary = summarise(rows, chosen, reference)
                 folder.write_text("summary.csv", summary.to_csv(index=False))
+                write_curves(chosen)
+
+        def write_curves(chosen: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+            curves = _read_curves(folder, rows)
+            curve_summary = summarise_curves(curves, chosen, reference)
+            if settings.eval_every is not None:
+                folder.write_text("curves.csv", curves.to_csv(index=False))
+                folder.write_text("summary_curves.csv", curve_summary.to_csv(index=False))
+            return curves, curve_summary
 
         train_all(tuning)
         chosen = choose_rates(rows, settings.tuning_seeds)
@@ -272,12 +360,18 @@ def run_study(
         if not (folder.path / "runs.csv").is_file():
             folder.write_text("runs.csv", ",".join(RUN_COLUMNS) + "\n")
         files = ["runs.csv", "summary.csv"]
+        curves, curve_summary = write_curves(chosen)
+        if settings.eval_every is not None:
+            files += ["curves.csv", "summary_curves.csv"]
         if plot and len(summary):
-            from lisa_apps.study.plot import plot_study
+            from lisa_apps.study.plot import plot_curves, plot_study
 
             plot_study(rows, summary, folder.file("loss.png"))
             files.append("loss.png")
-    return StudyResult(rows, summary, chosen, trained, files)
+            if len(curve_summary):
+                plot_curves(curve_summary, folder.file("curves.png"))
+                files.append("curves.png")
+    return StudyResult(rows, summary, chosen, trained, files, curves, curve_summary)
 
 
 def _lisa_config(settings: StudySettings, run: _Run, policies):
@@ -326,12 +420,19 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         device=str(device),
         precision=settings.precision,
         gradient_checkpointing=settings.gradient_checkpointing,
+        **settings.schedule_config(),
     )
     result = finetune(
         model, tokenizer, data["train"], data["test"], config, out_dir=run_folder,
-        save_model=False, progress=False, evaluate_before=False,
+        save_model=False, progress=False, evaluate_before=False, eval_every=settings.eval_every,
     )  # fmt: skip
     metrics = result.metrics
+    if settings.eval_every is not None:
+        curve = pd.DataFrame(metrics["eval_curve"], columns=["step", "eval_loss"])
+        ids = {"run_id": run.run_id, "variant": variant.name, "method": variant.method,
+               "seed": run.seed, "learning_rate": run.learning_rate}  # fmt: skip
+        curve = curve.assign(**ids)[list(CURVE_COLUMNS)]
+        run_folder.write_text("curve.csv", curve.to_csv(index=False))
     val_loss = evaluate_loss(
         result.model, val_features, DataCollator(tokenizer), batch_size=config.eval_batch_size
     )

@@ -105,6 +105,10 @@ class StudySettings:
         outlier_threshold: M of the outlier source.
         probe_steps, norm_kind, norm_reduce: the LoRA and FT probes of the norm-ratio source.
         device, precision, gradient_checkpointing: where and how every run computes.
+        lr_scheduler, warmup_steps, warmup_ratio: the rate schedule of every run (as
+            :class:`lisa_apps.training.FinetuneConfig`'s).
+        eval_every: also score each run's test loss every this many steps (curves.csv); None:
+            only at the end.
     """
 
     model: str = "smollm2-135m"
@@ -139,6 +143,10 @@ class StudySettings:
     device: str | None = None
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("methods", "policies", "lr_factors", "gammas", "intervals",
@@ -179,6 +187,15 @@ class StudySettings:
                 check_int(name, value)
             _check_unique(name, values)
         check_positive_float("outlier_threshold", self.outlier_threshold, hint="M")
+        # The schedule goes through FinetuneConfig's own checks (names, warm-up exclusivity).
+        self.schedule_config()
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, hint="steps between held-out scores")
+            if self.eval_every > self.steps:
+                raise ValueError(
+                    f"eval_every={self.eval_every} is more than steps={self.steps}: no point "
+                    "would be scored; use at most steps"
+                )
         if "lisa" not in self.methods and self._lisa_only_settings():
             raise ValueError(
                 f"{', '.join(self._lisa_only_settings())} apply to LISA; add lisa to methods"
@@ -257,9 +274,29 @@ class StudySettings:
             "eval_data": self.eval_data,
         }
 
+    def schedule_config(self) -> dict[str, Any]:
+        """The schedule's FinetuneConfig fields (checked by building a FinetuneConfig)."""
+        from lisa_apps.training.config import FinetuneConfig
+
+        fields = {"lr_scheduler": self.lr_scheduler, "warmup_steps": self.warmup_steps,
+                  "warmup_ratio": self.warmup_ratio}  # fmt: skip
+        FinetuneConfig(**fields)
+        return fields
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings (tuples as lists), what the manifest records and compares."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """JSON-able settings (tuples as lists), what the manifest records and compares.
+
+        Settings added after the first studies are left out at their defaults, so a study
+        started before them still resumes (its manifest has no such key).
+        """
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if not (f.name in _ADDED_LATER and getattr(self, f.name) == f.default)
+        }
+
+
+_ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every")
 
 
 def _plain(value: Any) -> Any:

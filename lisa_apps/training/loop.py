@@ -125,6 +125,7 @@ def train_loop(
     precision: str,
     progress: bool = False,
     writer=None,
+    held_out=None,
     checkpoint_dir=None,
     resume_from=None,
     folder=None,
@@ -149,6 +150,8 @@ def train_loop(
         resume_from: a ``checkpoint-N`` folder this loop wrote on as many ranks: training
             continues after its step with its weights, optimizer, schedule, RNG and LISA state.
         folder: rank 0's run folder, where each checkpoint is recorded before it is written.
+        held_out: a :class:`lisa_apps.training.held_out.HeldOutCurve` scored after each step
+            (every rank takes part); None for none.
 
     Returns:
         A :class:`LoopRun`.
@@ -249,6 +252,9 @@ def train_loop(
         rows.append(row)
         if writer is not None:
             writer.log(row)
+        if held_out is not None:
+            held_out.step_end(model, step + 1)
+            reshard_model(model)  # the evaluation's forward left FSDP2's root unit gathered
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         if config.save_steps is not None and (step + 1) % config.save_steps == 0:
             name = f"checkpoint-{step + 1}"

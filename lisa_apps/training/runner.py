@@ -88,6 +88,7 @@ def finetune(
     resume_from: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     merge_lora: bool = False,
+    eval_every: int | None = None,
 ) -> FinetuneResult:
     """Train one method on ``train_examples`` and score held-out loss and accuracy around it.
 
@@ -119,6 +120,9 @@ def finetune(
             rank passes it, rank 0 alone passes ``out_dir``).
         merge_lora: LoRA: merge the adapters into the weights before saving (peft
             ``merge_and_unload``), so ``out_dir/model`` is a plain model.
+        eval_every: also score the held-out loss every this many optimizer steps during
+            training (:class:`lisa_apps.training.held_out.HeldOutCurve`); the points go into
+            ``metrics["eval_curve"]`` as ``{"step", "eval_loss"}``.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -222,6 +226,14 @@ def finetune(
             model, callbacks = _prepare_method(model, config)
         metrics["trainable_parameters"] = trainable_parameters(model, config)
         collator = DataCollator(tokenizer)
+        curve = None
+        if eval_every is not None:
+            from lisa_apps.training.held_out import HeldOutCurve, HeldOutLossCallback
+
+            curve = HeldOutCurve(
+                eval_features, collator, every=eval_every, batch_size=config.eval_batch_size
+            )
+            callbacks = [*callbacks, HeldOutLossCallback(curve)]
         with PeakMemory(device) as peak:
             start = time.perf_counter()
             if config.distributed == "fsdp2":
@@ -233,7 +245,7 @@ def finetune(
                 try:
                     run = train_loop(
                         model, train_features, collator, config, device=device,
-                        precision=precision, progress=progress, writer=writer,
+                        precision=precision, progress=progress, writer=writer, held_out=curve,
                         checkpoint_dir=checkpoint_dir, resume_from=resume_from, folder=folder,
                     )  # fmt: skip
                 finally:
@@ -267,6 +279,8 @@ def finetune(
                 "versions": library_versions(),
             }
         )
+        if curve is not None:
+            metrics["eval_curve"] = curve.points
         if resume_from is not None:
             metrics["resumed_from"] = str(resume_from)
             metrics["resumed_at_step"] = run.first_step
