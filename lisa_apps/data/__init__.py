@@ -9,7 +9,8 @@ line back (and falls back to the last number in free text, so it also scores a m
 not learnt the format yet).
 
 ``load_examples(spec, split=...)`` is the one entry point of the commands: ``"math"`` for the
-generator, or a file, saved folder or hub name (see docs/data.md).
+generator, ``"pydoc"`` for real text shipped with Python (:mod:`lisa_apps.data.python_docs`), or
+a file, saved folder or hub name (see docs/data.md).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lisa_apps.data.formats import FORMATS, detect_format, normalize_record, par
 from lisa_apps.data.jsonl import JSONL_TEST_FRACTION, jsonl_split, load_jsonl
 from lisa_apps.data.math_problems import SPLITS, make_math_problems, problem_id, problem_split
 from lisa_apps.data.packing import model_inputs, pack_features
+from lisa_apps.data.python_docs import PYDOC_NAMES, pydoc_examples
 from lisa_apps.data.sources import Examples, read_examples
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
     "JSONL_TEST_FRACTION",
+    "PYDOC_NAMES",
     "SPLITS",
     "DataCollator",
     "Examples",
@@ -59,6 +62,7 @@ __all__ = [
     "problem_id",
     "problem_split",
     "prompt_text",
+    "pydoc_examples",
     "read_examples",
     "render_messages",
     "tokenize_examples",
@@ -112,6 +116,18 @@ def load_examples(
         return make_math_problems(count, seed=seed, split=split)
     if split not in (*SPLITS, "all"):
         raise ValueError(f"split={split!r} is not one of {(*SPLITS, 'all')}")
+    if spec in PYDOC_NAMES and not (eval_data is not None and split == "test"):
+        options = {"data_format": data_format, "columns": columns, "data_split": data_split}
+        given = [name for name, value in options.items() if value] if eval_data is None else []
+        if given:
+            raise ValueError(f"{', '.join(given)} describe a data set file; {spec} is built in")
+        examples = pydoc_examples("all" if eval_data is not None else split)
+        if num_examples is not None and num_examples < len(examples):
+            chosen = np.sort(
+                np.random.default_rng(seed).choice(len(examples), num_examples, replace=False)
+            )
+            examples = [examples[i] for i in chosen]
+        return examples
     options = {"data_format": data_format, "columns": columns, "data_split": data_split}
     if eval_data is not None and split != "all":
         examples = read_examples(eval_data if split == "test" else spec, **options)
