@@ -259,6 +259,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "ddp = transformers.Trainer with DistributedDataParallel, fsdp2 = a plain loop with "
         "every block, E and H sharded by FSDP2; --batch-size is the global batch",
     )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="--distributed fsdp2: keep parameters, grads and optimizer state in CPU memory "
+        "(FSDP2's CPUOffloadPolicy); the GPU holds activations and one gathered unit",
+    )
 
 
 def _lisa_config(args, info, policy):
@@ -379,6 +385,11 @@ def _check_schedule(args: argparse.Namespace) -> None:
         raise ValueError(f"--merge applies to --method lora only, not {args.method}")
     if args.merge and args.no_save_model:
         raise ValueError("--merge saves the model; drop --merge or --no-save-model")
+    if args.offload and args.distributed != "fsdp2":
+        raise ValueError(
+            "--offload applies to --distributed fsdp2 only (FSDP2's CPU offload); add "
+            "--distributed fsdp2 under torchrun, or drop --offload"
+        )
     if args.resume is not None and args.overwrite:
         raise ValueError(
             "--resume continues the run in --out and --overwrite replaces it; pass one of them"
@@ -531,6 +542,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         precision=resolve_precision(args.precision, device),
         gradient_checkpointing=args.gradient_checkpointing,
         distributed=args.distributed,
+        offload=args.offload,
     )
     train_count = args.train_examples
     if train_count is None and args.data == "math":

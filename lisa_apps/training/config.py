@@ -106,6 +106,8 @@ class FinetuneConfig:
             DistributedDataParallel) or ``"fsdp2"`` (the plain loop of
             :mod:`lisa_apps.training.loop`, every block, E and H sharded with FSDP2); with
             several ranks ``batch_size`` is the global batch, split evenly over them.
+        offload: under ``"fsdp2"``, keep parameters, grads and optimizer state in CPU memory
+            (FSDP2's ``CPUOffloadPolicy``); the device holds one unit gathered at a time.
 
     Example:
         >>> FinetuneConfig(method="ft", steps=10).resolved_learning_rate
@@ -147,6 +149,7 @@ class FinetuneConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     distributed: str | None = None
+    offload: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -190,6 +193,10 @@ class FinetuneConfig:
         if self.distributed not in (None, "ddp", "fsdp2"):
             raise ValueError(
                 f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'"
+            )
+        if self.offload and self.distributed != "fsdp2":
+            raise ValueError(
+                f"offload=True applies to distributed='fsdp2' only, not {self.distributed!r}"
             )
         if self.distributed == "fsdp2" and "wandb" in self.report_to:
             raise ValueError(

@@ -45,6 +45,7 @@ __all__ = [
     "global_batches",
     "optimizer_parameter_groups",
     "save_full_model",
+    "sharding_options",
     "train_loop",
 ]
 
@@ -180,7 +181,7 @@ def train_loop(
             "takes an equal slice of the global batch"
         )
     if world > 1 and config.distributed == "fsdp2" and not _is_sharded(model):
-        model = shard_model(model, mesh=device_mesh(device))
+        model = shard_model(model, **sharding_options(config, device))
     reshard_model(model)  # a forward before (an evaluation) may have left units gathered
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -272,6 +273,19 @@ def train_loop(
     return LoopRun(model, log_history, training_loss, optimizer, lisa, first_step=first_step)
 
 
+def sharding_options(config: FinetuneConfig, device: torch.device) -> dict[str, Any]:
+    """The ``fully_shard`` options of a run: its device mesh and, with ``config.offload``,
+    FSDP2's ``CPUOffloadPolicy`` (parameters, grads and AdamW state stay in CPU memory; each
+    unit is copied to ``device`` while it computes)."""
+    options: dict[str, Any] = {"mesh": device_mesh(device)}
+    if config.offload:
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        # Pinned memory speeds the copies to a GPU; without an accelerator it cannot exist.
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type != "cpu")
+    return options
+
+
 def optimizer_parameter_groups(model, config: FinetuneConfig) -> list[dict[str, Any]]:
     """The AdamW groups of a run, on both paths: the Trainer's two decay groups, or, with
     per-group rates or decays (``config.group_settings``), :func:`lisa.param_groups` with the
@@ -318,15 +332,70 @@ def _full(value: torch.Tensor) -> torch.Tensor:
 def save_full_model(model, tokenizer, target) -> None:
     """Save a (maybe FSDP2-sharded) model's full weights; every rank must call it.
 
-    The shards are gathered to rank 0 on the CPU (a collective); rank 0 writes ``target`` with
-    ``save_pretrained``, the other ranks pass ``target=None``.
+    A sharded model is gathered one unit at a time (a block, then the rest: embedding, final
+    norm, head), each unit written by rank 0 as its own safetensors shard in the model's dtype
+    and freed before the next is gathered, with the ``model.safetensors.index.json`` that
+    ``from_pretrained`` reads; no rank ever holds the whole model. The other ranks pass
+    ``target=None``. An unsharded model, or a LoRA model (its small adapters), is saved with
+    ``save_pretrained``.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if not _is_sharded(model) or hasattr(model, "peft_config"):
+        state_dict = None
+        if _is_sharded(model):
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
 
-    state_dict = None
-    if _is_sharded(model):
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state_dict = get_model_state_dict(model, options=options)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state_dict = get_model_state_dict(model, options=options)
+        if target is not None:
+            model.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(target)
+        return
+    import json
+
+    from safetensors.torch import save_file
+
+    units = _export_units(model)
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for number, names_and_tensors in enumerate(units, start=1):
+        filename = f"model-{number:05d}-of-{len(units):05d}.safetensors"
+        # A collective: every rank gathers the unit, rank 0 keeps and writes it.
+        full = {name: _full(tensor).detach().cpu().contiguous() for name, tensor in names_and_tensors}
+        if target is not None:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            save_file(full, str(Path(target) / filename), metadata={"format": "pt"})
+            for name, tensor in full.items():
+                weight_map[name] = filename
+                total_size += tensor.numel() * tensor.element_size()
+        del full
     if target is not None:
-        model.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+        index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+        (Path(target) / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        model.config.save_pretrained(target)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(target)
         tokenizer.save_pretrained(target)
+
+
+def _export_units(model) -> list[list[tuple[str, torch.Tensor]]]:
+    """The model's state in export units: one per numbered block (``...layers.3.``), then the rest.
+
+    A tied weight appears once, under its first name (the embedding's), as save_pretrained
+    writes it.
+    """
+    import re
+
+    block = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> "model.layers.3"
+    units: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    rest: list[tuple[str, torch.Tensor]] = []
+    every_name = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    first_names = {name for name, _ in model.named_parameters()}
+    for name, tensor in model.state_dict().items():
+        if name in every_name and name not in first_names:
+            continue  # tied to a parameter already listed
+        match = block.match(name)
+        (units.setdefault(match.group(1), []) if match else rest).append((name, tensor))
+    return [*units.values(), *([rest] if rest else [])]

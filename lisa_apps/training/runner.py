@@ -40,7 +40,6 @@ from lisa_apps.outputs import RunFolder
 from lisa_apps.sharded_load import load_shards, on_meta
 from lisa_apps.training.config import FinetuneConfig
 from lisa_apps.training.distributed import (
-    device_mesh,
     gather_from_ranks,
     rank_and_world,
     rank_device,
@@ -50,6 +49,7 @@ from lisa_apps.training.loop import (
     LoopRun,
     optimizer_parameter_groups,
     save_full_model,
+    sharding_options,
     train_loop,
 )
 from lisa_apps.training.results import FinetuneResult, trainable_parameters, write_run
@@ -198,9 +198,9 @@ def finetune(
     callbacks: list = []
     if sharded:
         model, callbacks = _prepare_method(model, config)
-        model = shard_model(model, mesh=device_mesh(device))
-        if empty:
-            load_shards(model, device)
+        model = shard_model(model, **sharding_options(config, device))
+        if empty:  # offloaded shards live in CPU memory
+            load_shards(model, torch.device("cpu") if config.offload else device)
 
     predictions: dict[str, pd.DataFrame] = {}
     metrics: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 A run of 4 steps writes checkpoint-2 and checkpoint-4; the same run stopped during step 3 and
 resumed with ``--resume auto`` must take the same draws, log the same losses and end with the
-same weights as the run that was not stopped. On one machine
+same weights as the run that was not stopped (the resumed steps also run with --offload). On one machine
 and one kernel set the resumed run repeats the same arithmetic on the same ranks (the same
 slices, the same reduction order, the state restored bit for bit), so it is compared exactly.
 """
@@ -62,8 +62,12 @@ def test_fsdp2_run_stopped_after_checkpoint_2_and_resumed_equals_the_uninterrupt
     assert len(list((checkpoint / "dcp").glob("*.distcp"))) == WORLD  # one shard file per rank
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["world_size"] == WORLD and "LisaCallback" in state["stateful_callbacks"]
-    # A limit of one: checkpoint-2 goes only once checkpoint-4 is complete.
-    torchrun(*TRAIN, "--save-total-limit", "1", "--resume", "auto", "--out", str(out))
+    # A limit of one: checkpoint-2 goes only once checkpoint-4 is complete. The resumed steps
+    # run with --offload (FSDP2's CPUOffloadPolicy): on the CPU it moves nothing but runs its
+    # own copies, so they must still equal the steps without it, exactly.
+    torchrun(
+        *TRAIN, "--save-total-limit", "1", "--offload", "--resume", "auto", "--out", str(out)
+    )
 
     assert not (out / "checkpoint-2").exists() and latest_checkpoint(out) == out / "checkpoint-4"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -82,6 +86,9 @@ def test_fsdp2_run_stopped_after_checkpoint_2_and_resumed_equals_the_uninterrupt
 def test_fsdp2_export_loads_and_equals_the_gathered_parameters(uninterrupted):
     from transformers import AutoModelForCausalLM
 
+    # Gathered and written one unit at a time: a shard per block (4), then the rest.
+    index = json.loads((uninterrupted / "model" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 4 + 1
     saved = AutoModelForCausalLM.from_pretrained(uninterrupted / "model")
     gathered = _dcp_model_state(uninterrupted / "checkpoint-4")
     named = dict(saved.named_parameters())
@@ -100,3 +107,10 @@ def test_fsdp2_checkpoint_on_another_world_size_is_refused_with_one_line(
                  "--out", str(uninterrupted)])  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "written by 2 ranks" in error[0], error
+
+
+def test_offload_without_fsdp2_is_refused_with_one_line(tmp_path, capsys):
+    code = main(["train", "--model", "tiny-llama", "--offload", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--offload applies to --distributed fsdp2" in error[0]
+    assert not (tmp_path / "out").exists()
