@@ -80,6 +80,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="W",
         help="bytes of one rank under FSDP2 over W ranks (dim-0 shards; default 1: no FSDP)",
     )
+    run.add_argument(
+        "--offload",
+        action="store_true",
+        help="also print what stays on the device under FSDP2's CPU offload (lisa train "
+        "--offload): activations and one unit gathered",
+    )
     parser.add_argument(
         "--blocks-path",
         default=None,
@@ -183,7 +189,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         if args.json:
             print(rows_json(rows))
             return 0
-        print(format_table(rows))
+        print(format_table(rows, offload=args.offload))
         for suggestion in found:
             print(format_suggestion(suggestion))
         for note in notes:

@@ -161,12 +161,24 @@ def _rows(
                 # CPU memory of one rank while loading (lisa_apps.estimate.loading).
                 "load_full_copy_bytes": load_full,
                 "load_sharded_bytes": load_sharded,
+                # FSDP2 gathers one unit (a block, E or H) in full to compute with it: under
+                # CPU offload that, with the activations, is what stays on the device.
+                "largest_unit_bytes": _largest_unit_bytes(layer_map),
                 "batch_size": workload.batch_size,
                 "seq_len": workload.seq_len,
                 "gradient_checkpointing": workload.gradient_checkpointing,
             }
         )
     return rows
+
+
+def _largest_unit_bytes(layer_map: LayerMap) -> int:
+    """Bytes of the largest FSDP2 unit gathered in full: a block, E or H (weights' dtype)."""
+    groups = [layer_map.block_parameters(i) for i in range(layer_map.num_blocks)]
+    groups += [layer_map.parameters(g) for g in (EMBED, HEAD) if g in layer_map.group_names]
+    return max(
+        (sum(p.numel() * p.element_size() for _, p in group) for group in groups), default=0
+    )
 
 
 def suggestions(

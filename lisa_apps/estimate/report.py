@@ -45,7 +45,7 @@ def _count(number: int) -> str:
     return str(number)
 
 
-def format_table(rows: Sequence[dict]) -> str:
+def format_table(rows: Sequence[dict], *, offload: bool = False) -> str:
     """The rows as an aligned table, one unit for every byte column, with a header and notes.
 
     Example:
@@ -107,6 +107,8 @@ def format_table(rows: Sequence[dict]) -> str:
     lines.append(render([title for title, _ in _COLUMNS]))
     lines.extend(render(line) for line in cells)
     lines.extend(_load_lines(rows, unit))
+    if offload:
+        lines.extend(_offload_lines(rows, unit))
     lines.append(
         "weights, grads, optimizer state (AdamW: 2 moments + a 4-byte step per tensor) and master "
         "copies are exact; * activations are an estimate (formula and what it leaves out: "
@@ -131,6 +133,21 @@ def _load_lines(rows: Sequence[dict], unit: int) -> list[str]:
                 "(FT/LISA under FSDP2 from a safetensors folder)"
             )
         lines.append(line)
+    return lines
+
+
+def _offload_lines(rows: Sequence[dict], unit: int) -> list[str]:
+    """One line per row: what stays on the device under FSDP2's CPU offload (--offload)."""
+    lines = []
+    for row in rows:
+        device = row["activation_bytes_estimate"] + row["largest_unit_bytes"]
+        lines.append(
+            f"--offload, {row['label']} ({row['precision']}): weights, grads and optimizer state "
+            f"({format_bytes(row['total_bytes'], unit)}) in CPU memory; on the device "
+            f"activations* {format_bytes(row['activation_bytes_estimate'], unit)} + one unit "
+            f"gathered {format_bytes(row['largest_unit_bytes'], unit)} = "
+            f"{format_bytes(device, unit)}"
+        )
     return lines
 
 

@@ -114,3 +114,19 @@ def test_offload_without_fsdp2_is_refused_with_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "--offload applies to --distributed fsdp2" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_estimate_offload_keeps_activations_and_one_gathered_unit_on_the_device(capsys):
+    from lisa_apps.estimate.report import _MIB, format_bytes
+    from lisa_apps.models import load_model
+
+    argv = ["estimate", "tiny-llama", "--fsdp", "2", "--methods", "ft", "--precision", "float32"]
+    assert main([*argv, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    model, _ = load_model("tiny-llama")  # float32; its largest unit is one block (untied E/H)
+    block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
+    assert row["largest_unit_bytes"] == max(block, model.model.embed_tokens.weight.numel() * 4)
+    assert main([*argv, "--offload"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--offload"))
+    device = row["activation_bytes_estimate"] + row["largest_unit_bytes"]
+    assert line.endswith(f"= {format_bytes(device, _MIB)}")
