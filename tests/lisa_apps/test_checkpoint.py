@@ -121,18 +121,25 @@ def test_resume_refuses_another_run_or_nothing_to_resume_with_one_line(
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written
 
 
-@pytest.mark.parametrize("flags", [["--save-steps", "2"], ["--resume", "auto"]])
-def test_fsdp2_runs_refuse_checkpoint_flags(flags, tmp_path, monkeypatch, capsys):
+def test_fsdp2_run_refuses_to_resume_a_trainer_checkpoint(tmp_path, monkeypatch, capsys):
+    # FSDP2 checkpoints themselves: tests/lisa_apps/test_fsdp2_checkpoint.py.
     launched = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": "29500"}  # fmt: skip
     for name, value in launched.items():  # as torchrun starts each rank
         monkeypatch.setenv(name, value)
     out = tmp_path / "run"
-    argv = ["train", "--model", "tiny-llama", "--distributed", "fsdp2", "--out", str(out), *flags]
+    with RunFolder(out, command="lisa train", arguments={"model": "tiny-llama", "method": "lisa"}):
+        pass
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    before = sorted(p.name for p in out.iterdir())
+    argv = ["train", "--model", "tiny-llama", "--distributed", "fsdp2", "--resume", "auto",
+            "--out", str(out)]  # fmt: skip
     code = cli.main(argv)
     error = capsys.readouterr().err
-    assert code == 2 and f"{flags[0]}: --distributed fsdp2 runs" in error, error
-    assert not out.exists()
+    assert code == 2 and "is a Trainer checkpoint" in error, error
+    assert len(error.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written
 
 
 def test_resume_refuses_a_run_that_is_still_writing(tmp_path, capsys):
