@@ -56,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from lisa.config import STATE_POLICIES
     from lisa.defaults import DEFAULT_GAMMA, DEFAULT_INTERVAL, DEFAULT_LORA_RANK
     from lisa_apps.models import DEFAULT_MODEL
+    from lisa_apps.presets import available_presets
     from lisa_apps.study.settings import EH_CHOICES, POLICY_NAMES, StudySettings
     from lisa_apps.training import METHODS
 
@@ -122,6 +123,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--state-policies", type=csv_choices(STATE_POLICIES), default=None,
         help=f"optimizer state of blocks that leave, among {', '.join(STATE_POLICIES)} "
         "(default drop)",
+    )  # fmt: skip
+    lisa.add_argument(
+        "--presets", type=csv_choices(available_presets()), default=None,
+        help=f"add `lisa train` presets as LISA variants, comma list of "
+        f"{', '.join(available_presets())} (docs/presets.md); a preset's rate is the centre of "
+        "its sweep",
     )  # fmt: skip
     lisa.add_argument(
         "--eh", type=csv_choices(EH_CHOICES), default=None,
@@ -205,6 +212,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         ("--policies", "policies", ("uniform",)), ("--gammas", "gammas", (DEFAULT_GAMMA,)),
         ("--intervals", "intervals", (DEFAULT_INTERVAL,)),
         ("--state-policies", "state_policies", ("drop",)), ("--eh", "eh", ("trained",)),
+        ("--presets", "presets", ()),
     )  # fmt: skip
     given = [flag for flag, name, _ in lisa_knobs if getattr(args, name) is not None]
     if "lisa" not in args.methods and given:
@@ -249,6 +257,14 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     info = inspect_model(args.model)
     for gamma in args.gammas:
         check_gamma(gamma, info.num_blocks, args.model, "--gammas")
+    from lisa_apps.study.settings import preset_variant
+
+    for name in args.presets:
+        if preset_variant(name).gamma > info.num_blocks:
+            raise ValueError(
+                f"--presets {name}: its gamma {preset_variant(name).gamma} is more than the "
+                f"{info.num_blocks} blocks of {args.model}; drop {name} or use a larger model"
+            )
     if "lora" in args.methods:
         check_lora_rank(args.lora_rank, info)
     test = load_data(args.data, split="test", num_examples=args.test_examples, seed=0, args=args)
@@ -278,6 +294,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         device=str(device), precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, lr_scheduler=args.lr_scheduler,
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio, eval_every=args.eval_every,
+        presets=args.presets,
     )  # fmt: skip
     variants = settings.variants()
     folder = StudyFolder(args.out, settings.to_dict(), overwrite=args.overwrite).check()

@@ -48,11 +48,18 @@ def study_policies(
     from diagnostics.sources import make_source, policy_from_source
     from lisa_apps.models import load_model
 
-    names = [name for name in settings.policies if name != "uniform"]
+    base_gamma = settings.base_lisa.gamma
+    # (key, score source, gamma): the named policies, then those of presets that sample by a
+    # score source (owlore: outlier), at the preset's own gamma, saved under the preset's name.
+    wanted = [(name, name, base_gamma) for name in settings.policies if name != "uniform"]
+    wanted += [
+        (v.preset, v.policy, v.gamma)
+        for v in settings.variants()
+        if v.preset and v.policy not in ("uniform", "cyclic")
+    ]
     policies: dict[str, SamplingPolicy] = {}
     seed = settings.seed_list[0]
-    gamma = settings.base_lisa.gamma
-    for name in names:
+    for name, source_name, gamma in wanted:
         target = folder.path / "policies" / f"{name}.json"
         if target.is_file():
             policies[name] = SamplingPolicy.from_json(target)
@@ -62,7 +69,7 @@ def study_policies(
         model.to(device)
         norms = None
         batches = None
-        if name == "norm-ratio":
+        if source_name == "norm-ratio":
             source = make_source("norm-ratio", kind=settings.norm_kind, reduce=settings.norm_reduce)
             norms = _probe_norms(settings, train_features, collate, folder, device, precision)
         else:
@@ -70,10 +77,10 @@ def study_policies(
                 train_features, collate, count=settings.score_batches,
                 batch_size=settings.batch_size, seed=seed,
             )  # fmt: skip
-            if name == "grad-norm":
+            if source_name == "grad-norm":
                 source = make_source("grad-norm")
             else:
-                direction = "reverse" if name == "outlier-reverse" else "favour"
+                direction = "reverse" if source_name == "outlier-reverse" else "favour"
                 source = make_source(
                     "outlier", threshold=settings.outlier_threshold, direction=direction
                 )

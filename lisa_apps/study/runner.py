@@ -380,16 +380,24 @@ def _lisa_config(settings: StudySettings, run: _Run, policies):
     from lisa.config import LisaConfig
 
     variant = run.variant
-    if variant.policy == "uniform":
+    if variant.policy in ("uniform", "cyclic"):  # a sampler, not a derived policy
         return LisaConfig(
-            gamma=variant.gamma, interval=variant.interval, sampler="uniform", seed=run.seed,
+            gamma=variant.gamma, interval=variant.interval, sampler=variant.policy, seed=run.seed,
             state_policy=variant.state_policy, train_embeddings=variant.train_eh,
             train_head=variant.train_eh,
         )  # fmt: skip
-    config = policies[variant.policy].to_lisa_config(
+    config = policies[variant.preset or variant.policy].to_lisa_config(
         interval=variant.interval, seed=run.seed, state_policy=variant.state_policy
     )
     return replace(config, train_embeddings=variant.train_eh, train_head=variant.train_eh)
+
+
+def _schedule(settings: StudySettings, variant: Variant) -> dict[str, Any]:
+    """A preset's own schedule, else the study's."""
+    if variant.lr_scheduler is None:
+        return settings.schedule_config()
+    return {"lr_scheduler": variant.lr_scheduler, "warmup_steps": 0,
+            "warmup_ratio": variant.warmup_ratio}  # fmt: skip
 
 
 def _train_one(settings, run: _Run, data, val_features, policies, folder, device) -> dict:
@@ -420,7 +428,7 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         device=str(device),
         precision=settings.precision,
         gradient_checkpointing=settings.gradient_checkpointing,
-        **settings.schedule_config(),
+        **_schedule(settings, variant),
     )
     result = finetune(
         model, tokenizer, data["train"], data["test"], config, out_dir=run_folder,

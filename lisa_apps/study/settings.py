@@ -53,9 +53,15 @@ class Variant:
     train_eh: bool = True
     lora_rank: int = DEFAULT_LORA_RANK
     change: str = ""
+    preset: str = ""  # a preset variant: its name (lisa_apps.presets)
+    learning_rate: float | None = None  # a preset's rate: the centre of its sweep
+    lr_scheduler: str | None = None  # a preset's schedule (None: the study's)
+    warmup_ratio: float = 0.0
 
     @property
     def name(self) -> str:
+        if self.preset:
+            return self.preset
         if self.method == "ft":
             return "ft"
         if self.method == "lora":
@@ -109,6 +115,9 @@ class StudySettings:
             :class:`lisa_apps.training.FinetuneConfig`'s).
         eval_every: also score each run's test loss every this many steps (curves.csv); None:
             only at the end.
+        presets: ``lisa train`` presets (:mod:`lisa_apps.presets`) added as LISA variants, each
+            with its preset's sampler, gamma, K, state policy, E/H and, if it names them, rate
+            (the centre of its sweep) and schedule (instead of the study's).
     """
 
     model: str = "smollm2-135m"
@@ -147,10 +156,11 @@ class StudySettings:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     eval_every: int | None = None
+    presets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("methods", "policies", "lr_factors", "gammas", "intervals",
-                     "state_policies", "eh"):  # fmt: skip
+                     "state_policies", "eh", "presets"):  # fmt: skip
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_choices("methods", self.methods, METHODS)
         _check_choices("policies", self.policies, POLICY_NAMES)
@@ -187,6 +197,10 @@ class StudySettings:
                 check_int(name, value)
             _check_unique(name, values)
         check_positive_float("outlier_threshold", self.outlier_threshold, hint="M")
+        if self.presets:
+            from lisa_apps.presets import available_presets
+
+            _check_choices("presets", self.presets, available_presets())
         # The schedule goes through FinetuneConfig's own checks (names, warm-up exclusivity).
         self.schedule_config()
         if self.eval_every is not None:
@@ -205,7 +219,7 @@ class StudySettings:
         defaults = StudySettings.__dataclass_fields__
         return [
             name
-            for name in ("policies", "gammas", "intervals", "state_policies", "eh")
+            for name in ("policies", "gammas", "intervals", "state_policies", "eh", "presets")
             if getattr(self, name) != defaults[name].default
         ]
 
@@ -252,6 +266,7 @@ class StudySettings:
                 found.append(
                     dataclasses.replace(base, train_eh=value == "trained", change=f"eh-{value}")
                 )
+            found.extend(preset_variant(name) for name in self.presets)
         names = [v.name for v in found]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -259,8 +274,9 @@ class StudySettings:
         return tuple(found)
 
     def learning_rates(self, variant: Variant) -> tuple[float, ...]:
-        """The sweep of a variant: its method's default rate times each factor (3 digits)."""
-        default = DEFAULT_LEARNING_RATES[variant.method]
+        """The sweep of a variant: its method's default rate (a preset's own rate, if it names
+        one) times each factor (3 digits)."""
+        default = variant.learning_rate or DEFAULT_LEARNING_RATES[variant.method]
         return tuple(float(f"{default * factor:.3g}") for factor in self.lr_factors)
 
     def data_options(self) -> dict[str, Any]:
@@ -296,7 +312,42 @@ class StudySettings:
         }
 
 
-_ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every")
+_ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every", "presets")
+
+
+def preset_variant(name: str) -> Variant:
+    """The LISA variant of a ``lisa train`` preset: its sampler, gamma, K, state policy, E/H,
+    rate and schedule.
+
+    A preset that samples by a score source (owlore: outlier) gets the policy the study derives
+    from that source at the preset's gamma; a cyclic preset (badam) has policy ``cyclic``.
+
+    Example:
+        >>> variant = preset_variant("badam")
+        >>> (variant.policy, variant.gamma, variant.interval, variant.state_policy, variant.train_eh)
+        ('cyclic', 1, 50, 'reset', False)
+    """
+    from lisa_apps.presets import get_preset
+
+    preset = get_preset(name)
+    options = preset.options
+    if options.get("freeze_embeddings", False) != options.get("freeze_head", False):
+        raise ValueError(
+            f"preset {name} freezes only one of the embedding and head; a study variant trains "
+            "both or neither"
+        )
+    return Variant(
+        "lisa",
+        policy=preset.needs_policy or options.get("sampler", "uniform"),
+        gamma=options.get("gamma", DEFAULT_GAMMA),
+        interval=options.get("interval", DEFAULT_INTERVAL),
+        state_policy=options.get("state_policy", "drop"),
+        train_eh=not options.get("freeze_embeddings", False),
+        preset=name,
+        learning_rate=options.get("lr"),
+        lr_scheduler=options.get("lr_scheduler"),
+        warmup_ratio=options.get("warmup_ratio", 0.0),
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -61,6 +61,7 @@ def test_the_same_command_again_trains_nothing_and_says_so(studied, capsys):
         (["--accuracy-examples", "40"], "--accuracy-examples 40 is more than --test-examples 32"),
         (["--lr-factors", "1,-2"], "argument --lr-factors: must be a number > 0, got -2"),
         (["--policies", "uniform,grad"], "argument --policies: grad not among"),
+        (["--presets", "badam,owlore"], "--presets owlore: its gamma 5 is more than the 4 blocks"),
         (["--eval-every", "3"], "--eval-every 3 is more than --steps 2"),
         (["--lr-scheduler", "cosin"], "--lr-scheduler 'cosin' is not a scheduler"),
         (["--warmup-steps", "1", "--warmup-ratio", "0.5"], "both set the warm-up; pass one"),
