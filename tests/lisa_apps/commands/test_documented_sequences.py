@@ -33,6 +33,8 @@ PAGES = ["README.md", "docs/quickstart.md", "docs/diagnostics.md", "docs/layers.
 
 def tiny(argv: list[str]) -> list[str]:
     argv = ["tiny-llama" if word in MODELS else word for word in argv]
+    # Files the repository ships are named from its root; the sequence runs in a new folder.
+    argv = [str(ROOT / word) if word.startswith("examples/") else word for word in argv]
     return [*argv, *BUDGET.get(argv[0], [])]
 
 
