@@ -9,7 +9,9 @@ bash scripts/setup.sh
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 .venv/bin/python -m ruff check lisa diagnostics lisa_apps tests examples bench scripts
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
+# Two workers (pytest-xdist), whole files per worker so module fixtures run once: the tests pin
+# torch to one thread, so two cores run two files at once. LISA_TEST_WORKERS=0 runs serially.
+.venv/bin/python -m pytest -q -n "${LISA_TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
 
 # The kernel set the whole-suite run used: the caller's ATEN_CPU_CAPABILITY, else torch's pick.
 used=$(.venv/bin/python -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
