@@ -115,23 +115,15 @@ def add_preset_option(parser: argparse.ArgumentParser) -> None:
     def parse_with_preset(args: Sequence[str] | None = None, namespace=None):
         import sys
 
+        from lisa_apps.recipes import flag_value
+
         tokens = list(sys.argv[1:] if args is None else args)
-        name = _preset_name(tokens)
+        name = flag_value(tokens, "--preset")
         if name in _PRESETS:  # an unknown name is left to argparse's choices check
             tokens = preset_arguments(name, parser) + tokens
         return parse_known_args(tokens, namespace)
 
     parser.parse_known_args = parse_with_preset
-
-
-def _preset_name(tokens: Sequence[str]) -> str | None:
-    name = None
-    for index, token in enumerate(tokens):
-        if token == "--preset" and index + 1 < len(tokens):
-            name = tokens[index + 1]
-        elif token.startswith("--preset="):
-            name = token.split("=", 1)[1]
-    return name
 
 
 def check_preset_policy(name: str | None, policy) -> None:

@@ -143,7 +143,7 @@ def add_recipe_option(parser: argparse.ArgumentParser) -> None:
         import sys
 
         tokens = list(sys.argv[1:] if args is None else args)
-        path = _config_path(tokens)
+        path = flag_value(tokens, "--config")
         if path is not None:
             tokens = recipe_arguments(load_recipe(path), parser, f"--config {path}") + tokens
         return parse_known_args(tokens, namespace)
@@ -152,11 +152,12 @@ def add_recipe_option(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_with_recipe
 
 
-def _config_path(tokens: Sequence[str]) -> str | None:
-    path = None
+def flag_value(tokens: Sequence[str], flag: str) -> str | None:
+    """The value the last ``flag VALUE`` or ``flag=VALUE`` among ``tokens`` gives, or None."""
+    value = None
     for index, token in enumerate(tokens):
-        if token == "--config" and index + 1 < len(tokens):
-            path = tokens[index + 1]
-        elif token.startswith("--config="):
-            path = token.split("=", 1)[1]
-    return path
+        if token == flag and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        elif token.startswith(f"{flag}="):
+            value = token.split("=", 1)[1]
+    return value
