@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lisa_apps.folder_lock import describe, lock_holder
 from lisa_apps.outputs import MANIFEST, OutputError, RunFolder
 
 __all__ = ["STUDY_COMMAND", "StudyFolder"]
@@ -75,6 +76,9 @@ class StudyFolder(RunFolder):
                     "re-run that command to resume it, pass --overwrite to replace it, or "
                     "choose a new folder"
                 )
+            holder = lock_holder(self.path)
+            if holder is not None:  # that study is still running: one writer at a time
+                raise OutputError(describe(self.path, holder, self.label))
             self.resuming = True
             self.earlier_status = earlier.get("status")
             self.written = [str(name) for name in earlier.get("files", [])]

@@ -138,3 +138,15 @@ def test_a_live_writer_holds_the_folder_and_a_second_one_is_refused(tmp_path):
     finally:
         first.close()
     assert not (tmp_path / "run" / ".lisa-lock").exists()
+
+
+def test_a_study_still_running_is_not_resumed_by_a_second_process(tmp_path):
+    from lisa_apps.study.folder import StudyFolder
+
+    first = StudyFolder(tmp_path / "study", {"seeds": 2}).check().open()
+    try:
+        with pytest.raises(OutputError, match="is being written by pid"):
+            StudyFolder(tmp_path / "study", {"seeds": 2}).check()
+    finally:
+        first.close("failed")
+    assert StudyFolder(tmp_path / "study", {"seeds": 2}).check().resuming
