@@ -270,7 +270,7 @@ def run_study(
     from lisa_apps.data import DataCollator, load_examples, tokenize_examples
     from lisa_apps.models import load_tokenizer
     from lisa_apps.study.policies import study_policies
-    from lisa_apps.training import resolve_precision
+    from lisa_apps.training import TokenizedData, resolve_precision
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
@@ -300,7 +300,11 @@ def run_study(
             log(f"resuming {folder.path}: {len(done)} finished runs are kept and not trained again")
         tokenizer = load_tokenizer(settings.model)
         collate = DataCollator(tokenizer)
-        train_features = tokenize_examples(train, tokenizer, max_length=settings.max_length)
+        # Tokenised once for every run (finetune would tokenise them again in each).
+        data["features"] = TokenizedData.tokenize(
+            train, test, tokenizer, max_length=settings.max_length
+        )
+        train_features = list(data["features"].train)
         val_features = tokenize_examples(validation, tokenizer, max_length=settings.max_length)
         policies = study_policies(
             settings, train_features, collate, folder, device=device, precision=precision, log=log
@@ -433,6 +437,7 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
     result = finetune(
         model, tokenizer, data["train"], data["test"], config, out_dir=run_folder,
         save_model=False, progress=False, evaluate_before=False, eval_every=settings.eval_every,
+        features=data["features"],
     )  # fmt: skip
     metrics = result.metrics
     if settings.eval_every is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lisa_apps.training.config import METHODS, FinetuneConfig
+from lisa_apps.training.config import METHODS, FinetuneConfig, TokenizedData
 from lisa_apps.training.evaluation import evaluate, evaluate_loss, generate_answers
 from lisa_apps.training.results import FinetuneResult, trainable_parameters, write_run
 from lisa_apps.training.runner import finetune, resolve_precision
@@ -11,6 +11,7 @@ __all__ = [
     "METHODS",
     "FinetuneConfig",
     "FinetuneResult",
+    "TokenizedData",
     "evaluate",
     "evaluate_loss",
     "finetune",

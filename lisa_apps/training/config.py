@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,10 @@ from lisa.defaults import (
 )
 from lisa.validation import check_fraction, check_int, check_positive_float
 
-__all__ = ["DEFAULT_STEPS", "METHODS", "REPORT_TARGETS", "FinetuneConfig", "lr_scheduler_names"]
+__all__ = [
+    "DEFAULT_STEPS", "METHODS", "REPORT_TARGETS", "FinetuneConfig", "TokenizedData",
+    "lr_scheduler_names",
+]  # fmt: skip
 
 METHODS = ("lisa", "lora", "ft")
 # The budget when neither steps nor epochs is given.
@@ -322,3 +326,77 @@ class FinetuneConfig:
         if self.method == "lora":
             settings["lora_alpha"] = self.resolved_lora_alpha
         return settings
+
+
+@dataclass(frozen=True)
+class TokenizedData:
+    """Training and held-out examples tokenised once, for several runs on the same data.
+
+    :func:`lisa_apps.training.finetune` tokenises its examples itself unless it is given one of
+    these (``features=``): a caller that trains many runs on the same examples, length rule and
+    tokenizer (``lisa study``) tokenises once and every run costs its training and scoring
+    only. The features are read, never changed, so one object serves every run.
+
+    Args:
+        train: the tokenised training examples (:func:`lisa_apps.data.tokenize_examples`),
+            before any packing (a run packs them when its config asks).
+        held_out: the tokenised held-out examples, from the run's ``eval_examples``.
+        max_length, drop_long: the length rule they were tokenised with; a run whose config
+            has another is refused.
+        vocabulary_size: ``len(tokenizer)`` of the tokenizer that made them; a run with a
+            tokenizer of another size is refused.
+
+    Example:
+        >>> from lisa_apps.models import load_tokenizer
+        >>> from lisa_apps.data import make_math_problems
+        >>> data = TokenizedData.tokenize(make_math_problems(4), make_math_problems(2, split="test"),
+        ...                               load_tokenizer("tiny-llama"), max_length=384)
+        >>> len(data.train), len(data.held_out), data.max_length
+        (4, 2, 384)
+    """
+
+    train: tuple[dict, ...]
+    held_out: tuple[dict, ...]
+    max_length: int
+    drop_long: bool
+    vocabulary_size: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", tuple(self.train))
+        object.__setattr__(self, "held_out", tuple(self.held_out))
+        check_int("max_length", self.max_length, minimum=2, hint="a prompt and a response token")
+
+    @classmethod
+    def tokenize(
+        cls,
+        train_examples: Sequence[dict],
+        eval_examples: Sequence[dict],
+        tokenizer,
+        *,
+        max_length: int,
+        drop_long: bool = False,
+    ) -> TokenizedData:
+        """Tokenise both sets as :func:`lisa_apps.training.finetune` would with this rule."""
+        from lisa_apps.data import tokenize_examples
+
+        rule = {"max_length": max_length, "drop_long": drop_long}
+        return cls(
+            tokenize_examples(train_examples, tokenizer, **rule),
+            tokenize_examples(eval_examples, tokenizer, **rule),
+            max_length, drop_long, len(tokenizer),
+        )  # fmt: skip
+
+    def check(self, config: FinetuneConfig, tokenizer) -> None:
+        """Refuse a run these features were not made for (another length rule or tokenizer)."""
+        made = (self.max_length, self.drop_long)
+        if made != (config.max_length, config.drop_long):
+            raise ValueError(
+                f"the features were tokenised with max_length={self.max_length}, "
+                f"drop_long={self.drop_long}, the run has max_length={config.max_length}, "
+                f"drop_long={config.drop_long}; tokenise again with the run's rule"
+            )
+        if len(tokenizer) != self.vocabulary_size:
+            raise ValueError(
+                f"the features were tokenised by a tokenizer of {self.vocabulary_size} tokens, "
+                f"the run's has {len(tokenizer)}; tokenise again with the run's tokenizer"
+            )

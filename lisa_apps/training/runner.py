@@ -35,10 +35,10 @@ from diagnostics.lora import wrap_lora
 from diagnostics.runtime import PeakMemory, check_precision, prepare_model, resolve_device
 from lisa.distributed import reshard_model, shard_model
 from lisa.memory import optimizer_state_bytes
-from lisa_apps.data import DataCollator, pack_features, tokenize_examples
+from lisa_apps.data import DataCollator, pack_features
 from lisa_apps.outputs import RunFolder
 from lisa_apps.sharded_load import load_shards, on_meta
-from lisa_apps.training.config import FinetuneConfig
+from lisa_apps.training.config import FinetuneConfig, TokenizedData
 from lisa_apps.training.distributed import (
     gather_from_ranks,
     rank_and_world,
@@ -89,6 +89,7 @@ def finetune(
     checkpoint_dir: str | os.PathLike | None = None,
     merge_lora: bool = False,
     eval_every: int | None = None,
+    features: TokenizedData | None = None,
 ) -> FinetuneResult:
     """Train one method on ``train_examples`` and score held-out loss and accuracy around it.
 
@@ -123,6 +124,10 @@ def finetune(
         eval_every: also score the held-out loss every this many optimizer steps during
             training (:class:`lisa_apps.training.held_out.HeldOutCurve`); the points go into
             ``metrics["eval_curve"]`` as ``{"step", "eval_loss"}``.
+        features: ``train_examples`` and ``eval_examples`` already tokenised with this
+            config's length rule and this tokenizer (:class:`TokenizedData`), used instead of
+            tokenising them again: a caller that trains many runs on the same data tokenises
+            once. ``eval_examples`` still give the problems whose answers are scored.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -158,9 +163,14 @@ def finetune(
         )
     precision = resolve_precision(config.precision, device)
     folder = _run_folder(out_dir, overwrite, config)
-    lengths = {"max_length": config.max_length, "drop_long": config.drop_long}
-    train_features = tokenize_examples(train_examples, tokenizer, **lengths)
-    eval_features = tokenize_examples(eval_examples, tokenizer, **lengths)
+    if features is None:
+        features = TokenizedData.tokenize(
+            train_examples, eval_examples, tokenizer, max_length=config.max_length,
+            drop_long=config.drop_long,
+        )  # fmt: skip
+    else:
+        features.check(config, tokenizer)
+    train_features, eval_features = list(features.train), list(features.held_out)
     if config.packing:
         train_features = pack_features(train_features, config.max_length)
         # transformers separates packed examples only without a KV cache (lisa_apps.data.packing).
