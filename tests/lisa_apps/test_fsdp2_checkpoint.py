@@ -1,16 +1,23 @@
 """FSDP2 checkpoints (torch.distributed.checkpoint) under torchrun: 2 gloo ranks, tiny Llama.
 
-A run of 4 steps writes checkpoint-2 and checkpoint-4; the same run stopped during step 3 and
-resumed with ``--resume auto`` must take the same draws, log the same losses and end with the
-same weights as the run that was not stopped (the resumed steps also run with --offload). On one machine
-and one kernel set the resumed run repeats the same arithmetic on the same ranks (the same
-slices, the same reduction order, the state restored bit for bit), so it is compared exactly.
+A run of 4 steps writes checkpoint-2 and checkpoint-4. The same run is killed with SIGKILL
+inside step 3 (after checkpoint-2, before checkpoint-4: not a checkpoint boundary) and resumed
+with ``--resume auto``; it must take the same draws on both ranks, log the same losses and end
+with the same weights as the run that was not killed (the resumed steps also run with
+--offload). On one machine and one kernel set the resumed run repeats the same arithmetic on the
+same ranks (the same slices, the same reduction order, the state restored bit for bit), so it is
+compared exactly: no tolerance is needed, and none is allowed.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +25,9 @@ import pytest
 import torch
 
 from lisa_apps.cli import main
+from lisa_apps.outputs import MANIFEST
 from lisa_apps.training.checkpoints import latest_checkpoint
-from tests.lisa_apps.commands.test_distributed_commands import WORLD, torchrun
+from tests.lisa_apps.commands.test_distributed_commands import WORLD
 
 TRAIN = [
     "train", "--distributed", "fsdp2", "--model", "tiny-llama", "--steps", "4",
@@ -27,6 +35,91 @@ TRAIN = [
     "--max-length", "256", "--no-accuracy", "--no-progress", "--seed", "0", "--skip-before",
     "--save-steps", "2",
 ]  # fmt: skip
+KILLED_IN_STEP = 2  # 0-based: the third step, after checkpoint-2 and before checkpoint-4
+
+# `lisa` with every rank appending {"pid", "step", "active"} to $STEPS_DIR/rank-R.jsonl as each
+# step begins (after LISA's engine has taken the step): the file the test polls, and each rank's
+# own record of its draws. With $HOLD_AT_STEP set, each rank stays inside that step after
+# recording it, so the SIGKILL lands mid-step whatever the machine's load.
+RECORDED_LISA = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from lisa.engine import Lisa
+    begin = Lisa.begin_step
+    record = os.path.join(os.environ["STEPS_DIR"], "rank-" + os.environ["RANK"] + ".jsonl")
+    hold = int(os.environ.get("HOLD_AT_STEP", "-1"))
+    def begin_step(self, step=None):
+        active = begin(self, step)
+        with open(record, "a") as file:
+            file.write(json.dumps({"pid": os.getpid(), "step": step, "active": list(active)}) + "\\n")
+        while step == hold:
+            time.sleep(1)
+        return active
+    Lisa.begin_step = begin_step
+    from lisa_apps.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _recorded(steps_dir: Path) -> list[list[dict]]:
+    """Each rank's records, rank 0 first."""
+    ranks = []
+    for rank in range(WORLD):
+        path = steps_dir / f"rank-{rank}.jsonl"
+        ranks.append(
+            [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        )
+    return ranks
+
+
+def _recorded_run(script: Path, steps_dir: Path, *argv: str, hold: int | None = None):
+    """``torchrun ... RECORDED_LISA argv`` in its own session, started, not waited for."""
+    steps_dir.mkdir()
+    env = os.environ | {"STEPS_DIR": str(steps_dir), "TQDM_DISABLE": "1"}
+    if hold is not None:
+        env["HOLD_AT_STEP"] = str(hold)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={WORLD}", str(script), *argv,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _finished(process: subprocess.Popen) -> None:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-4000:]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+def _kill_when_every_rank_is_in(process: subprocess.Popen, steps_dir: Path, step: int) -> None:
+    """SIGKILL the whole run once every rank has recorded ``step``: torchrun's process group,
+    and each rank's, since torchrun starts every rank in a session of its own."""
+    deadline = time.monotonic() + 240
+    while not all(r and r[-1]["step"] == step for r in _recorded(steps_dir)):
+        assert process.poll() is None, process.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "the run never reached the step to kill it in"
+        time.sleep(0.05)
+    pids = [ranks[-1]["pid"] for ranks in _recorded(steps_dir)]
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a rank outlived its SIGKILL"
+        time.sleep(0.05)
 
 
 def _dcp_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -41,46 +134,104 @@ def _dcp_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp2-ckpt") / "run"
-    torchrun(*TRAIN, "--out", str(out))
-    return out
+def runs(tmp_path_factory):
+    """The uninterrupted run, and the killed one (its folder as the kill left it) resumed."""
+    root = tmp_path_factory.mktemp("fsdp2-ckpt")
+    script = root / "recorded_lisa.py"
+    script.write_text(RECORDED_LISA)
+    whole, killed = root / "whole", root / "killed"
+    uninterrupted = _recorded_run(script, root / "steps-whole", *TRAIN, "--out", str(whole))
+    _finished(uninterrupted)
 
+    process = _recorded_run(
+        script, root / "steps-killed", *TRAIN, "--out", str(killed), hold=KILLED_IN_STEP
+    )
+    _kill_when_every_rank_is_in(process, root / "steps-killed", KILLED_IN_STEP)
+    left = {
+        "latest": latest_checkpoint(killed),
+        "folders": sorted(p.name for p in killed.glob("checkpoint-*")),
+        "status": json.loads((killed / MANIFEST).read_text())["status"],
+        "files": {p.name for p in killed.iterdir()},
+    }
+    checkpoint = killed / "checkpoint-2"
+    left["checkpoint_files"] = {p.name for p in checkpoint.iterdir()}
+    left["shards"] = len(list((checkpoint / "dcp").glob("*.distcp")))
+    left["state"] = json.loads((checkpoint / "trainer_state.json").read_text())
 
-def test_fsdp2_run_stopped_after_checkpoint_2_and_resumed_equals_the_uninterrupted_run(
-    uninterrupted, tmp_path
-):
-    # The run folder as a run stopped during step 3 leaves it: checkpoint-2 complete, a
-    # checkpoint-4 begun (no trainer_state.json, so incomplete), no results yet.
-    out = tmp_path / "run"
-    shutil.copytree(uninterrupted, out, ignore=shutil.ignore_patterns("model", "metrics.json"))
-    (out / "checkpoint-4" / "trainer_state.json").unlink()
-    assert latest_checkpoint(out) == out / "checkpoint-2"
-    checkpoint = out / "checkpoint-2"
-    files = {p.name for p in checkpoint.iterdir()}
-    assert {"dcp", "scheduler.pt", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"} <= files
-    assert len(list((checkpoint / "dcp").glob("*.distcp"))) == WORLD  # one shard file per rank
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert state["world_size"] == WORLD and "LisaCallback" in state["stateful_callbacks"]
     # A limit of one: checkpoint-2 goes only once checkpoint-4 is complete. The resumed steps
     # run with --offload (FSDP2's CPUOffloadPolicy): on the CPU it moves nothing but runs its
     # own copies, so they must still equal the steps without it, exactly.
-    torchrun(
-        *TRAIN, "--save-total-limit", "1", "--offload", "--resume", "auto", "--out", str(out)
-    )
+    resumed = _recorded_run(
+        script, root / "steps-resumed", *TRAIN, "--save-total-limit", "1", "--offload",
+        "--resume", "auto", "--out", str(killed),
+    )  # fmt: skip
+    _finished(resumed)
+    return {
+        "whole": whole,
+        "killed": killed,
+        "left": left,
+        "draws": {
+            name: _recorded(root / f"steps-{name}") for name in ("whole", "killed", "resumed")
+        },
+    }
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs):
+    return runs["whole"]
+
+
+def test_sigkill_inside_step_3_leaves_checkpoint_2_complete_and_the_run_unfinished(runs):
+    left = runs["left"]
+    assert left["latest"].name == "checkpoint-2"  # checkpoint-4 was never begun or is incomplete
+    assert "metrics.json" not in left["files"] and left["status"] == "running"
+    assert {
+        "dcp",
+        "scheduler.pt",
+        "trainer_state.json",
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    } <= left["checkpoint_files"]
+    assert left["shards"] == WORLD  # one shard file per rank
+    state = left["state"]
+    assert state["world_size"] == WORLD and "LisaCallback" in state["stateful_callbacks"]
+    # Each rank was killed inside step 3 (0-based 2), having recorded steps 0, 1 and 2 only.
+    for records in runs["draws"]["killed"]:
+        assert [r["step"] for r in records] == [0, 1, KILLED_IN_STEP]
+
+
+def test_fsdp2_run_killed_and_resumed_equals_the_uninterrupted_run(runs):
+    whole, out = runs["whole"], runs["killed"]
     assert not (out / "checkpoint-2").exists() and latest_checkpoint(out) == out / "checkpoint-4"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["resumed_at_step"] == 2
-    resumed, whole = (pd.read_csv(o / "log_history.csv") for o in (out, uninterrupted))
-    assert resumed["step"].tolist() == whole["step"].tolist() == [1, 2, 3, 4]
-    assert resumed["lisa_active_blocks"].tolist() == whole["lisa_active_blocks"].tolist()
-    assert resumed["loss"].tolist() == whole["loss"].tolist()
-    assert resumed["learning_rate"].tolist() == whole["learning_rate"].tolist()
-    final, reference = (_dcp_model_state(o / "checkpoint-4") for o in (out, uninterrupted))
-    assert final.keys() == reference.keys()
-    for name in reference:
-        torch.testing.assert_close(final[name], reference[name], atol=0, rtol=0, msg=name)
+    assert metrics["resumed_at_step"] == 2 and metrics["resumed_from"].endswith("checkpoint-2")
+    assert json.loads((out / MANIFEST).read_text())["status"] == "finished"
+    resumed, reference = (pd.read_csv(o / "log_history.csv") for o in (out, whole))
+    assert resumed["step"].tolist() == reference["step"].tolist() == [1, 2, 3, 4]
+    assert resumed["lisa_active_blocks"].tolist() == reference["lisa_active_blocks"].tolist()
+    assert resumed["loss"].tolist() == reference["loss"].tolist()
+    assert resumed["learning_rate"].tolist() == reference["learning_rate"].tolist()
+    final, expected = (_dcp_model_state(o / "checkpoint-4") for o in (out, whole))
+    assert final.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], atol=0, rtol=0, msg=name)
+
+
+def test_every_rank_draws_what_the_uninterrupted_run_drew_at_every_step(runs):
+    draws = runs["draws"]
+
+    def by_step(records):
+        return {r["step"]: r["active"] for r in records}
+
+    reference = by_step(draws["whole"][0])
+    assert sorted(reference) == [0, 1, 2, 3]
+    for rank in range(WORLD):
+        assert by_step(draws["whole"][rank]) == reference  # the ranks agree with each other
+        # On resume the loader re-applies the checkpoint's active set (step 1's period, no
+        # draw), then steps 2 and 3 run.
+        assert by_step(draws["resumed"][rank]) == {s: reference[s] for s in (1, 2, 3)}
+        killed = by_step(draws["killed"][rank])
+        assert killed == {step: reference[step] for step in killed}
 
 
 def test_fsdp2_export_loads_and_equals_the_gathered_parameters(uninterrupted):
