@@ -164,6 +164,10 @@ def _rows(
                 # FSDP2 gathers one unit (a block, E or H) in full to compute with it: under
                 # CPU offload that, with the activations, is what stays on the device.
                 "largest_unit_bytes": _largest_unit_bytes(layer_map),
+                # Checkpointing (lisa_apps.training.dcp and loop.save_full_model): what one
+                # rank writes into checkpoint-N, the exported model/, and what a rank gathers
+                # to export it.
+                **_checkpoint_bytes(model, layer_map, setup, memory),
                 "batch_size": workload.batch_size,
                 "seq_len": workload.seq_len,
                 "gradient_checkpointing": workload.gradient_checkpointing,
@@ -179,6 +183,33 @@ def _largest_unit_bytes(layer_map: LayerMap) -> int:
     return max(
         (sum(p.numel() * p.element_size() for _, p in group) for group in groups), default=0
     )
+
+
+def _checkpoint_bytes(model, layer_map: LayerMap, setup: Setup, memory) -> dict[str, int]:
+    """A rank's part of a checkpoint, the exported model's bytes, and what export gathers.
+
+    checkpoint_bytes: a checkpoint-N holds the weights and the AdamW state (grads are not
+    saved), so one rank writes its own weights and state: its shards under FSDP2 (no rank
+    gathers), the whole checkpoint in one process. export_bytes: model/ holds the whole model
+    in the weights' dtype (LoRA: the adapters only). export_gathered_bytes: what a rank holds
+    besides its training state while exporting under FSDP2: one unit gathered in full at a
+    time (FT, LISA), or, for LoRA, the whole model's state gathered into rank 0's CPU memory
+    (peft's save_pretrained takes a full state dict); 0 in one process.
+    """
+    unique = list({id(p): p for p in model.parameters()}.values())  # a tied one once
+    exported = [p for p in unique if p.requires_grad] if setup.method == "lora" else unique
+    whole = sum(p.numel() * p.element_size() for p in unique)
+    if setup.fsdp_ranks < 2:
+        gathered = 0
+    elif setup.method == "lora":
+        gathered = whole
+    else:
+        gathered = _largest_unit_bytes(layer_map)
+    return {
+        "checkpoint_bytes": memory.parameter_bytes + memory.optimizer_state_bytes,
+        "export_bytes": sum(p.numel() * p.element_size() for p in exported),
+        "export_gathered_bytes": gathered,
+    }
 
 
 def suggestions(

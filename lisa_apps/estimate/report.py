@@ -107,6 +107,8 @@ def format_table(rows: Sequence[dict], *, offload: bool = False) -> str:
     lines.append(render([title for title, _ in _COLUMNS]))
     lines.extend(render(line) for line in cells)
     lines.extend(_load_lines(rows, unit))
+    if first["fsdp_ranks"] > 1:
+        lines.extend(_checkpoint_lines(rows, unit))
     if offload:
         lines.extend(_offload_lines(rows, unit))
     lines.append(
@@ -133,6 +135,24 @@ def _load_lines(rows: Sequence[dict], unit: int) -> list[str]:
                 "(FT/LISA under FSDP2 from a safetensors folder)"
             )
         lines.append(line)
+    return lines
+
+
+def _checkpoint_lines(rows: Sequence[dict], unit: int) -> list[str]:
+    """One line per row under FSDP2: what a rank writes and gathers while checkpointing."""
+    lines = []
+    for row in rows:
+        ranks, gathered = row["fsdp_ranks"], format_bytes(row["export_gathered_bytes"], unit)
+        if row["method"] == "lora":
+            export = f"rank 0 gathers the whole model into CPU memory ({gathered}) and writes"
+        else:
+            export = f"one unit gathered at a time ({gathered} per rank), rank 0 writes"
+        lines.append(
+            f"checkpointing, {row['label']} ({row['precision']}): each rank writes its weights "
+            f"and AdamW state, {format_bytes(row['checkpoint_bytes'], unit)} (x {ranks} ranks), "
+            f"gathering nothing; export model/: {export} "
+            f"{format_bytes(row['export_bytes'], unit)}"
+        )
     return lines
 
 

@@ -281,3 +281,54 @@ def test_estimate_offload_keeps_activations_and_one_gathered_unit_on_the_device(
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--offload"))
     device = row["activation_bytes_estimate"] + row["largest_unit_bytes"]
     assert line.endswith(f"= {format_bytes(device, _MIB)}")
+
+
+def test_estimate_checkpoint_figures_equal_what_each_rank_wrote(uninterrupted):
+    from safetensors import safe_open
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from lisa_apps.estimate import Setup, estimate
+    from lisa_apps.tiny import tiny_config
+
+    setup = Setup("lisa", "float32", gamma=2, fsdp_ranks=WORLD)
+    (row,) = estimate(tiny_config("tiny-llama"), [setup], model_name="tiny-llama")
+    # checkpoint-4/dcp, rank by rank: the tensor bytes of each rank's shard file. AdamW's
+    # 4-byte steps are the same on every rank and DCP writes them once, into one rank's file;
+    # the estimate counts them on every rank (each rank holds its own).
+    metadata = FileSystemReader(uninterrupted / "checkpoint-4" / "dcp").read_metadata()
+    shard_bytes, steps = dict.fromkeys((f"__{r}_0.distcp" for r in range(WORLD)), 0), 0
+    for index, stored in metadata.storage_data.items():
+        if index.fqn.endswith(".step"):
+            steps += 1
+            continue
+        tensor = metadata.state_dict_metadata[index.fqn]
+        if hasattr(tensor, "chunks"):  # not a pickled value (the param groups' settings)
+            (chunk,) = [c for c in tensor.chunks if list(c.offsets) == list(index.offset)]
+            itemsize = torch.empty((), dtype=tensor.properties.dtype).element_size()
+            shard_bytes[stored.relative_path] += chunk.sizes.numel() * itemsize
+    assert steps > 0
+    assert all(b + 4 * steps == row["checkpoint_bytes"] for b in shard_bytes.values()), shard_bytes
+    # model/: the whole model in the weights' dtype, gathered one unit at a time.
+    exported = 0
+    for path in (uninterrupted / "model").glob("*.safetensors"):
+        with safe_open(path, "pt") as file:
+            exported += sum(file.get_tensor(k).nbytes for k in file.keys())  # noqa: SIM118
+    assert exported == row["export_bytes"]
+    assert row["export_gathered_bytes"] == row["largest_unit_bytes"]
+
+
+def test_estimate_prints_a_checkpointing_line_per_row_under_fsdp_only(capsys):
+    from lisa_apps.estimate.report import _MIB, format_bytes
+
+    argv = ["estimate", "tiny-llama", "--methods", "ft,lora,lisa", "--precision", "float32"]
+    assert main([*argv, "--fsdp", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--fsdp", "2"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("checkpointing")]
+    assert len(lines) == len(rows) == 3
+    for line, row in zip(lines, rows, strict=True):
+        assert f"{format_bytes(row['checkpoint_bytes'], _MIB)} (x 2 ranks)" in line
+        assert f"({format_bytes(row['export_gathered_bytes'], _MIB)}" in line
+        assert line.endswith(f"writes {format_bytes(row['export_bytes'], _MIB)}")
+    assert main(argv) == 0  # one process: nothing is sharded or gathered
+    assert "checkpointing" not in capsys.readouterr().out
