@@ -8,14 +8,19 @@ with held-out loss and exact-match accuracy before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
+    add_distributed,
     add_output,
     add_runtime,
     apply_runtime,
+    check_distributed,
     check_gamma,
+    claim_output,
     load_data,
     nonnegative_int,
     positive_float,
@@ -102,15 +107,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_runtime(parser, auto_precision=True)
+    add_distributed(
+        parser,
+        "the probes as `lisa diagnose --distributed` runs them, the LISA run as `lisa train "
+        "--distributed` (ddp = DistributedDataParallel, fsdp2 = every block, E and H sharded); "
+        "--batch-size is the global batch",
+    )
 
 
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
     """Check everything the three stages need, before the first probe starts."""
     from lisa_apps.models import inspect_model
-    from lisa_apps.outputs import RunFolder
     from lisa_apps.pipeline import DiagnoseSettings
     from lisa_apps.training import FinetuneConfig, resolve_precision
 
+    check_distributed(args, "demo")
     device = apply_runtime(args)
     precision = resolve_precision(args.precision, device)
     info = inspect_model(args.model)
@@ -128,6 +139,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         precision=precision,
         gradient_checkpointing=args.gradient_checkpointing,
         progress=not args.no_progress,
+        distributed=args.distributed,
     )
     # The training settings are checked now too; the policy's sampler is filled in later.
     training = FinetuneConfig(
@@ -141,6 +153,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         device=str(device),
         precision=precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        distributed=args.distributed,
     )
     train_examples = load_data(
         args.data, split="train", num_examples=args.train_examples, seed=args.seed
@@ -156,53 +169,78 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         eval_examples=eval_examples, max_new_tokens=args.max_new_tokens,
         no_generation_fix="",
     )  # fmt: skip
-    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    folder = RunFolder(
-        args.out, command="lisa demo", arguments=arguments, overwrite=args.overwrite
-    ).check()
+    # Under torchrun rank 0 alone checks and owns --out; the other ranks write nothing.
+    main_rank, folder = claim_output(args, "lisa demo")
 
     def work() -> int:
-        for note in notes:
-            print(f"note: {note}")
-        return _run(args, folder, settings, training, train_examples, eval_examples)
+        from lisa_apps.training.distributed import run_in_process_group
+
+        if main_rank:
+            for note in notes:
+                print(f"note: {note}")
+
+        def run() -> int:
+            return _run(args, folder, settings, training, train_examples, eval_examples, main_rank)
+
+        return run_in_process_group(run, device) if args.distributed else run()
 
     return work
 
 
-def _run(args, folder, settings, training, train_examples, eval_examples) -> int:
+def _run(args, folder, settings, training, train_examples, eval_examples, main_rank) -> int:
     from dataclasses import replace
 
     import pandas as pd
 
     from diagnostics.skew import side_by_side
-    from lisa_apps.models import load_model, load_tokenizer
+    from lisa_apps.models import load_tokenizer
     from lisa_apps.pipeline import diagnose
+    from lisa_apps.sharded_load import load_for_run
     from lisa_apps.training import finetune
+    from lisa_apps.training.distributed import broadcast_from_rank_zero
 
+    say = print if main_rank else lambda *_: None
     started = time.perf_counter()
-    with folder:
-        print(f"[1/3] diagnose {args.model}: LoRA and FT probes, {args.probe_steps} steps each")
+    with folder if folder is not None else contextlib.nullcontext():
+        say(f"[1/3] diagnose {args.model}: LoRA and FT probes, {args.probe_steps} steps each")
         tokenizer = load_tokenizer(args.model)
         diagnosis = diagnose(
-            args.model, tokenizer, train_examples, folder.subfolder("diagnose"), settings,
-            model_name=args.model,
+            args.model, tokenizer, train_examples,
+            folder.subfolder("diagnose") if folder is not None else None,
+            replace(settings, progress=settings.progress and main_rank), model_name=args.model,
         )  # fmt: skip
-        policy = diagnosis.policy
-        print(f"[2/3] policy (gamma {policy.gamma}) from the LoRA / FT weight-norm ratio")
-        print(f"[3/3] LISA fine-tuning: {args.steps} steps, K={args.interval}, policy sampler")
+        # The other ranks' diagnosis holds no policy: rank 0 derived and wrote it.
+        policy = broadcast_from_rank_zero(diagnosis.policy)
+        say(f"[2/3] policy (gamma {policy.gamma}) from the LoRA / FT weight-norm ratio")
+        say(f"[3/3] LISA fine-tuning: {args.steps} steps, K={args.interval}, policy sampler")
         config = replace(
             training, lisa=policy.to_lisa_config(interval=args.interval, seed=args.seed)
         )
-        model, tokenizer = load_model(args.model, seed=args.seed)
+        # Under FSDP2 a safetensors folder loads shard by shard, as in `lisa train`.
+        model, tokenizer = load_for_run(
+            args.model, seed=args.seed, distributed=args.distributed, method="lisa"
+        )
         result = finetune(
             model,
             tokenizer,
             train_examples,
             eval_examples,
             config,
-            out_dir=folder.subfolder("train"),
-            progress=not args.no_progress,
+            out_dir=folder.subfolder("train") if folder is not None else None,
+            progress=not args.no_progress and main_rank,
         )
+        if args.distributed:
+            rank = os.environ.get("RANK", "0")
+            print(
+                f"rank {rank}: peak memory "
+                + ", ".join(
+                    f"{method} probe {peak / 2**20:,.0f} MiB"
+                    for method, peak in diagnosis.peak_memory_bytes.items()
+                )
+                + f", LISA training {result.metrics['peak_memory_bytes'] / 2**20:,.0f} MiB"
+            )
+        if not main_rank:
+            return 0
         before, after = result.metrics["before"], result.metrics["after"]
         report = {
             "model": args.model,
@@ -224,6 +262,9 @@ def _run(args, folder, settings, training, train_examples, eval_examples) -> int
                 "total": round(time.perf_counter() - started, 1),
             },
         }
+        if args.distributed:
+            report["world_size"] = result.metrics["world_size"]
+            report["distributed"] = args.distributed
         folder.write_json("report.json", report)
 
     print("\n== skew (per-layer mean norms, LoRA vs FT) ==")
@@ -247,3 +288,4 @@ def _run(args, folder, settings, training, train_examples, eval_examples) -> int
         f"in {report['seconds']['total']:.0f} s"
     )
     return 0
+

@@ -10,15 +10,19 @@ summary_curves.csv (the same statistics per step) and curves.png. The same comma
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import time
 from collections.abc import Callable
 
 from lisa_apps.commands.arguments import (
     add_data_options,
+    add_distributed,
     add_output,
     add_runtime,
     apply_runtime,
+    check_distributed,
     check_gamma,
     csv_choices,
     load_data,
@@ -197,6 +201,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sources.add_argument("--norm-reduce", choices=REDUCTIONS, default=defaults.norm_reduce,
                          help=f"norm-ratio: reduction (default {defaults.norm_reduce})")  # fmt: skip
     add_runtime(parser, auto_precision=True)
+    add_distributed(
+        parser,
+        "every run of the grid as `lisa train --distributed` trains (ddp = "
+        "DistributedDataParallel, fsdp2 = every block, E and H sharded); --batch-size is the "
+        "global batch",
+    )
 
 
 def prepare(args: argparse.Namespace) -> Callable[[], int]:
@@ -205,6 +215,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     from lisa_apps.models import inspect_model
     from lisa_apps.study import StudyFolder, StudySettings
 
+    check_distributed(args, "study")
     device = apply_runtime(args)
     # The LISA knobs default to None, so a knob given without lisa in --methods is refused
     # rather than ignored; then the defaults are filled in.
@@ -297,7 +308,13 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         presets=args.presets,
     )  # fmt: skip
     variants = settings.variants()
-    folder = StudyFolder(args.out, settings.to_dict(), overwrite=args.overwrite).check()
+    # Under torchrun rank 0 alone checks, locks and writes --out (and reads it to resume).
+    main_rank = args.distributed is None or os.environ.get("RANK") == "0"
+    folder = (
+        StudyFolder(args.out, settings.to_dict(), overwrite=args.overwrite).check()
+        if main_rank
+        else None
+    )
 
     def work() -> int:
         import logging
@@ -305,6 +322,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
 
         from lisa_apps.recipes import RECIPE_FILE, resolved_recipe
         from lisa_apps.study import run_study
+        from lisa_apps.training.distributed import run_in_process_group
 
         if not args.verbose:
             # One line per run is the study's log; the per-step and per-switch logs of its many
@@ -316,17 +334,27 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         planned = sum(len(settings.learning_rates(v)) for v in variants) * len(
             settings.tuning_seeds
         ) + len(variants) * (settings.seeds - len(settings.tuning_seeds))
-        print(
+        say = print if main_rank else lambda *_: None
+        say(
             f"lisa study: {len(variants)} variants ({', '.join(v.name for v in variants)}) x "
             f"{settings.seeds} seeds, {len(settings.lr_factors)} rates each"
             + (f" on the first {len(settings.tuning_seeds)} seeds" if settings.tune_seeds else "")
             + f": {planned} runs of {settings.steps} steps on {settings.model}"
+            + (f", {args.distributed}" if args.distributed else "")
         )
         for note in notes:
-            print(f"note: {note}")
-        with folder:  # opened here to record the resolved options first (run_study's `with` reuses it)
-            folder.write_text(RECIPE_FILE, resolved_recipe(args))
-            result = run_study(settings, folder, log=print)
+            say(f"note: {note}")
+
+        def study():
+            # Opened here to record the resolved options first (run_study's `with` reuses it).
+            with folder if folder is not None else contextlib.nullcontext():
+                if folder is not None:
+                    folder.write_text(RECIPE_FILE, resolved_recipe(args))
+                return run_study(settings, folder, log=say, distributed=args.distributed)
+
+        result = run_in_process_group(study, device) if args.distributed else study()
+        if not main_rank:
+            return 0
         print(format_summary(result.summary))
         skipped = len(result.runs) - result.trained
         print(

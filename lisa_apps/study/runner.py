@@ -17,6 +17,7 @@ row per (run, step) and ``summary_curves.csv`` the same statistics per variant p
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -88,9 +89,9 @@ class _Run:
         return f"{self.variant.name}-lr{self.learning_rate:g}-seed{self.seed}"
 
 
-def _read_runs(folder: StudyFolder) -> pd.DataFrame:
-    path = folder.path / "runs.csv"
-    if not path.is_file():
+def _read_runs(folder: StudyFolder | None) -> pd.DataFrame:
+    path = None if folder is None else folder.path / "runs.csv"
+    if path is None or not path.is_file():
         return pd.DataFrame(columns=list(RUN_COLUMNS))
     return pd.read_csv(path)
 
@@ -250,18 +251,24 @@ def _read_curves(folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
 
 def run_study(
     settings: StudySettings,
-    folder: StudyFolder,
+    folder: StudyFolder | None,
     *,
     log: Callable[[str], None] = print,
     plot: bool = True,
+    distributed: str | None = None,
 ) -> StudyResult:
     """Train every unfinished run of ``settings``' grid into ``folder`` and summarise.
 
     Args:
         settings: the study.
-        folder: a checked :class:`StudyFolder` (new, or the same study to resume).
+        folder: a checked :class:`StudyFolder` (new, or the same study to resume); ``None`` on
+            the ranks other than 0 of a distributed study, which write nothing.
         log: where progress lines go (the CLI prints them).
         plot: draw ``loss.png`` (held-out loss per variant with its interval).
+        distributed: None, or under torchrun (an initialised process group) "ddp" or "fsdp2":
+            every run trains on every rank as ``finetune(distributed=...)`` does; rank 0 alone
+            reads and writes the folder, derives the policies and chooses the rates, and every
+            rank follows its decisions (the runs still to train, the policies, the rates).
 
     Returns:
         A :class:`StudyResult`.
@@ -271,6 +278,7 @@ def run_study(
     from lisa_apps.models import load_tokenizer
     from lisa_apps.study.policies import study_policies
     from lisa_apps.training import TokenizedData, resolve_precision
+    from lisa_apps.training.distributed import broadcast_from_rank_zero
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
@@ -293,10 +301,10 @@ def run_study(
     )  # fmt: skip
     data = {"train": train, "validation": validation, "test": test}
 
-    with folder:
+    with folder if folder is not None else contextlib.nullcontext():
         finished = _read_runs(folder)
-        done = set(finished["run_id"].astype(str))
-        if folder.resuming and done:
+        done = broadcast_from_rank_zero(set(finished["run_id"].astype(str)))
+        if folder is not None and folder.resuming and done:
             log(f"resuming {folder.path}: {len(done)} finished runs are kept and not trained again")
         tokenizer = load_tokenizer(settings.model)
         collate = DataCollator(tokenizer)
@@ -306,13 +314,17 @@ def run_study(
         )
         train_features = list(data["features"].train)
         val_features = tokenize_examples(validation, tokenizer, max_length=settings.max_length)
-        policies = study_policies(
-            settings, train_features, collate, folder, device=device, precision=precision, log=log
-        )
-        folder.write_json("settings.json", settings.to_dict() | {
-            "num_train": len(train), "num_validation": len(validation), "num_test": len(test),
-            "precision_resolved": precision, "device_resolved": str(device),
-        })  # fmt: skip
+        policies = broadcast_from_rank_zero(
+            study_policies(settings, train_features, collate, folder, device=device,
+                           precision=precision, log=log)
+            if folder is not None else None
+        )  # fmt: skip
+        if folder is not None:
+            folder.write_json("settings.json", settings.to_dict() | {
+                "num_train": len(train), "num_validation": len(validation),
+                "num_test": len(test), "precision_resolved": precision,
+                "device_resolved": str(device), "distributed": distributed,
+            })  # fmt: skip
 
         variants = settings.variants()
         tuning = [_Run(v, s, r) for s in settings.tuning_seeds for v in variants
@@ -327,11 +339,15 @@ def run_study(
             if len(todo) < len(plan):
                 log(f"skipping {len(plan) - len(todo)} finished runs of this phase")
             for number, run in enumerate(todo, 1):
-                row = _train_one(settings, run, data, val_features, policies, folder, device)
-                _append_row(folder, row)
-                rows = _read_runs(folder)
+                row = _train_one(
+                    settings, run, data, val_features, policies, folder, device, distributed
+                )
                 done.add(run.run_id)
                 trained += 1
+                if folder is None:  # a rank other than 0: rank 0 records the run
+                    continue
+                _append_row(folder, row)
+                rows = _read_runs(folder)
                 accuracy = row["test_accuracy"]
                 log(
                     f"[{number}/{len(todo)}] {run.run_id}: val loss {row['val_loss']:.4f}, test "
@@ -353,12 +369,15 @@ def run_study(
             return curves, curve_summary
 
         train_all(tuning)
-        chosen = choose_rates(rows, settings.tuning_seeds)
+        # Rank 0 chooses (the other ranks hold no rows); every rank trains the chosen rates.
+        chosen = broadcast_from_rank_zero(choose_rates(rows, settings.tuning_seeds))
         later = [_Run(v, s, chosen[v.name]) for s in settings.seed_list[len(settings.tuning_seeds):]
                  for v in variants]  # fmt: skip
         if later:
             log("chosen rates: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
         train_all(later)
+        if folder is None:
+            return StudyResult(rows, pd.DataFrame(), chosen, trained)
         summary = summarise(rows, chosen, reference)
         folder.write_text("summary.csv", summary.to_csv(index=False))
         if not (folder.path / "runs.csv").is_file():
@@ -404,20 +423,28 @@ def _schedule(settings: StudySettings, variant: Variant) -> dict[str, Any]:
             "warmup_ratio": variant.warmup_ratio}  # fmt: skip
 
 
-def _train_one(settings, run: _Run, data, val_features, policies, folder, device) -> dict:
-    """Train one run into runs/RUN_ID/ and return its runs.csv row."""
+def _train_one(
+    settings, run: _Run, data, val_features, policies, folder, device, distributed=None
+) -> dict:
+    """Train one run into runs/RUN_ID/ and return its runs.csv row (every rank computes it; a
+    rank with no folder writes nothing)."""
     from lisa_apps.data import DataCollator
-    from lisa_apps.models import load_model
+    from lisa_apps.sharded_load import load_for_run
     from lisa_apps.training import FinetuneConfig, evaluate_loss, finetune, generate_answers
 
     started = time.perf_counter()
     variant = run.variant
     name = f"runs/{run.run_id}"
-    partial = folder.path / name
-    if partial.exists():  # an interrupted attempt: start it again from nothing
-        shutil.rmtree(partial)
-    run_folder = folder.subfolder(name)
-    model, tokenizer = load_model(settings.model, seed=run.seed)
+    run_folder = None
+    if folder is not None:
+        partial = folder.path / name
+        if partial.exists():  # an interrupted attempt: start it again from nothing
+            shutil.rmtree(partial)
+        run_folder = folder.subfolder(name)
+    # Under FSDP2 a safetensors folder loads shard by shard, as in `lisa train`.
+    model, tokenizer = load_for_run(
+        settings.model, seed=run.seed, distributed=distributed, method=variant.method
+    )
     config = FinetuneConfig(
         method=variant.method,
         steps=settings.steps,
@@ -432,6 +459,7 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         device=str(device),
         precision=settings.precision,
         gradient_checkpointing=settings.gradient_checkpointing,
+        distributed=distributed,
         **_schedule(settings, variant),
     )
     result = finetune(
@@ -445,7 +473,8 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         ids = {"run_id": run.run_id, "variant": variant.name, "method": variant.method,
                "seed": run.seed, "learning_rate": run.learning_rate}  # fmt: skip
         curve = curve.assign(**ids)[list(CURVE_COLUMNS)]
-        run_folder.write_text("curve.csv", curve.to_csv(index=False))
+        if run_folder is not None:
+            run_folder.write_text("curve.csv", curve.to_csv(index=False))
     val_loss = evaluate_loss(
         result.model, val_features, DataCollator(tokenizer), batch_size=config.eval_batch_size
     )
@@ -460,9 +489,10 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         scored = predictions["correct"].dropna()
         num_scored = len(scored)
         accuracy = float(scored.astype(bool).mean()) if num_scored else math.nan
-        buffer = io.StringIO()
-        predictions.to_csv(buffer, index=False)
-        run_folder.write_text("predictions.csv", buffer.getvalue())
+        if run_folder is not None:
+            buffer = io.StringIO()
+            predictions.to_csv(buffer, index=False)
+            run_folder.write_text("predictions.csv", buffer.getvalue())
     row = {
         "run_id": run.run_id,
         **variant.row(),
@@ -481,6 +511,7 @@ def _train_one(settings, run: _Run, data, val_features, policies, folder, device
         "trainable_parameters": metrics["trainable_parameters"],
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
-    run_folder.write_json("study-row.json", row)
-    run_folder.close()
+    if run_folder is not None:
+        run_folder.write_json("study-row.json", row)
+        run_folder.close()
     return row

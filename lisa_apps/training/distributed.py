@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "DISTRIBUTED_MODES",
     "LAUNCH_VARIABLES",
+    "broadcast_from_rank_zero",
     "device_mesh",
     "gather_from_ranks",
     "is_main_process",
@@ -112,6 +113,20 @@ def gather_from_ranks(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * world
     torch.distributed.all_gather_object(gathered, value)
     return gathered
+
+
+def broadcast_from_rank_zero(value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself outside a process group).
+
+    For what rank 0 alone decides or reads from ``--out`` (a derived policy, the runs a resumed
+    study still has to train), so that every rank takes the same next step.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def run_in_process_group(work: Callable[[], T], device: torch.device) -> T:
