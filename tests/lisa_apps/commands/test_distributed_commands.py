@@ -11,6 +11,7 @@ tests/lisa/test_distributed.py's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,12 +61,21 @@ DIAGNOSE = [
 ]  # fmt: skip
 
 
-def torchrun(*argv: str) -> subprocess.CompletedProcess:
-    command = [
+def torchrun_command(*argv: str, script: str = LISA) -> list[str]:
+    """``torchrun --standalone --nproc_per_node WORLD script argv...``, as a command line."""
+    return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={WORLD}", LISA, *argv,
+        f"--nproc_per_node={WORLD}", script, *argv,
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def torchrun(
+    *argv: str, script: str = LISA, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        torchrun_command(*argv, script=script), capture_output=True, text=True, timeout=300,
+        env=None if env is None else os.environ | env,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed
 
