@@ -6,6 +6,7 @@ The only lisa module that imports transformers' Trainer machinery.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -152,8 +153,13 @@ def _check_parallel_arguments(args, model) -> None:
             "TrainingArguments(fsdp='full_shard', fsdp_config={'fsdp_version': 2}) on GPUs, "
             "or lisa.distributed.shard_model in a plain loop; see docs/scaling.md"
         )
-    if getattr(args, "world_size", 1) <= 1 or (getattr(args, "fsdp", None) and not args.use_cpu):
-        return  # one process, or FSDP (accelerate ignores fsdp on the CPU and runs DDP)
+    # FSDP comes from TrainingArguments(fsdp=...) or from an accelerate config (accelerate
+    # launch sets ACCELERATE_USE_FSDP); accelerate ignores it on the CPU and may run DDP there.
+    fsdp = (
+        getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    )
+    if getattr(args, "world_size", 1) <= 1 or (fsdp and not args.use_cpu):
+        return  # one process, or FSDP: no DDP wrapper, so nothing to find unused
     find_unused = args.ddp_find_unused_parameters
     if find_unused is None:  # the Trainer's default: off with activation checkpointing
         checkpointing = getattr(model, "is_activation_checkpointing", False) or getattr(

@@ -16,7 +16,12 @@ from lisa_apps import cli
 from lisa_apps.recipes import RECIPE_FILE, load_recipe, resolved_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
+# accelerate-*.yaml are accelerate configs for the Trainer examples, not `lisa train` recipes.
+SHIPPED = sorted(
+    p
+    for p in (ROOT / "examples" / "recipes").glob("*.yaml")
+    if not p.name.startswith("accelerate-")
+)
 
 
 def parse(command: str, argv: list[str]):
