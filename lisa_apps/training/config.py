@@ -202,11 +202,6 @@ class FinetuneConfig:
             raise ValueError(
                 f"offload=True applies to distributed='fsdp2' only, not {self.distributed!r}"
             )
-        if self.distributed == "fsdp2" and "wandb" in self.report_to:
-            raise ValueError(
-                "report_to='wandb' is not available under distributed='fsdp2' (the plain loop "
-                "writes TensorBoard only); use 'tensorboard' or distributed='ddp'"
-            )
 
     def _check_group_settings(self) -> None:
         for name, value in self.group_settings.items():

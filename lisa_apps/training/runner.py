@@ -248,10 +248,10 @@ def finetune(
             start = time.perf_counter()
             if config.distributed == "fsdp2":
                 writer = None
-                if "tensorboard" in config.report_to and folder is not None:
-                    from lisa_apps.training.tracking import TensorBoardWriter
+                if rank_and_world()[0] == 0:  # rank 0 reports, as the Trainer's integrations do
+                    from lisa_apps.training.tracking import open_writer
 
-                    writer = TensorBoardWriter(folder.file(TENSORBOARD_FOLDER))
+                    writer = open_writer(config.report_to, folder, metrics["settings"])
                 try:
                     run = train_loop(
                         model, train_features, collator, config, device=device,
