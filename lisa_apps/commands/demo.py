@@ -2,7 +2,9 @@
 
 On the embedded default (SmolLM2-135M-Instruct) with the default budget it fits in about ten
 minutes on two CPU cores: two 20-step probes, then 60 LISA steps on generated maths problems,
-with held-out loss and exact-match accuracy before and after.
+with held-out loss and exact-match accuracy before and after. Under torchrun with
+--distributed, the probes run as `lisa diagnose --distributed` runs them and the LISA run as
+`lisa train --distributed`; rank 0 alone writes --out (docs/scaling.md).
 """
 
 from __future__ import annotations

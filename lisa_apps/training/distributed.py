@@ -1,8 +1,9 @@
 """Several processes for the commands: launch checks, the process group, rank 0 as the writer.
 
-``lisa train`` and ``lisa diagnose`` run in several processes when started by ``torchrun`` (or
-``accelerate launch``), which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in
-each process. Every rank computes; rank 0 alone writes results; every rank reports its own
+``lisa train``, ``lisa diagnose``, ``lisa demo`` and ``lisa study`` run in several processes
+when started by ``torchrun`` (or ``accelerate launch``), which sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each process. Every rank computes; rank 0 alone
+writes results (and sends what it alone decides to the others); every rank reports its own
 memory. The backend is NCCL on CUDA and gloo on the CPU; a CUDA rank uses device LOCAL_RANK.
 """
 
