@@ -21,8 +21,8 @@ What LISA needs under FSDP2 and how the Trainer gives it:
 accelerate shards only on GPUs (and other accelerators): it sets up FSDP only for a
 multi-accelerator run (accelerate.state.AcceleratorState: FSDP replaces MULTI_GPU, MULTI_NPU,
 ...). On a CPU machine `PartialState._prepare_backend` gives DistributedType.NO (each process
-would train alone) or, with use_cpu, MULTI_CPU (DDP over gloo), and the FSDP settings are
-ignored without a word. This script refuses that before training (exit status 2), after
+would train alone; also with use_cpu: true in the config) or, with TrainingArguments(use_cpu=True),
+MULTI_CPU (DDP over gloo), and the FSDP settings are ignored without a word. This script refuses that before training (exit status 2), after
 printing what it prepared:
 
     config: FSDP version 2 from accelerate, 2 processes
