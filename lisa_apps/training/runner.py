@@ -433,9 +433,17 @@ def _train_with_trainer(
             trainer.callback_handler.remove_callback(callback)
             trainer.callback_handler.callbacks.insert(0, callback)
         _replace_progress_reporting(trainer, progress)
+        if "wandb" in config.report_to:
+            import wandb
+
+            callers_run = wandb.run  # a run the caller opened is theirs to finish
         train_output = trainer.train(
             resume_from_checkpoint=None if resume_from is None else str(resume_from)
         )
+        if "wandb" in config.report_to and wandb.run is not None and wandb.run is not callers_run:
+            # WandbCallback leaves the run it started open; finish it so that the next
+            # finetune call starts its own run, as the FSDP2 loop's WandbWriter does.
+            wandb.run.finish()
     lisa = callbacks[0].lisa if config.method == "lisa" else None
     history = pd.DataFrame(trainer.state.log_history)
     return LoopRun(

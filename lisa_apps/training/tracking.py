@@ -52,18 +52,22 @@ class TensorBoardWriter:
 
 
 class WandbWriter:
-    """Writes log rows to a new wandb run as transformers' ``WandbCallback`` does.
+    """Writes log rows to a wandb run as transformers' ``WandbCallback`` does.
 
-    ``wandb.init`` reads the usual ``WANDB_*`` variables (``WANDB_PROJECT``, default
-    ``"huggingface"`` as in the callback; ``WANDB_MODE=offline``); ``close`` finishes the run.
+    Like the callback, it logs into the caller's run when one is open (``wandb.run``) and
+    otherwise starts one with ``wandb.init``, which reads the usual ``WANDB_*`` variables
+    (``WANDB_PROJECT``, default ``"huggingface"``; ``WANDB_MODE=offline``). ``close`` finishes
+    the run it started and leaves the caller's open.
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         import wandb
 
-        self.run = wandb.init(
-            project=os.getenv("WANDB_PROJECT", "huggingface"), config=dict(config or {})
-        )
+        self.started = wandb.run is None
+        self.run = wandb.run
+        if self.started:
+            project = os.getenv("WANDB_PROJECT", "huggingface")
+            self.run = wandb.init(project=project, config=dict(config or {}))
         # The callback's x-axis: every key is plotted against train/global_step.
         self.run.define_metric("train/global_step")
         self.run.define_metric("*", step_metric="train/global_step", step_sync=True)
@@ -79,7 +83,8 @@ class WandbWriter:
         self.run.log({**entry, "train/global_step": int(row["step"])})
 
     def close(self) -> None:
-        self.run.finish()
+        if self.started:
+            self.run.finish()
 
 
 class _Writers:

@@ -54,9 +54,11 @@ def _train_offline(tmp_path, monkeypatch, *flags: str) -> tuple[pd.DataFrame, li
     threads = torch.get_num_threads()
     try:
         assert cli.main([*RUN, *flags, "--out", str(tmp_path / "run")]) == 0
+        # Each finetune call finishes the run it started (so the log is complete), on both paths.
+        assert wandb.run is None
     finally:
         torch.set_num_threads(threads)  # --threads 1 set it for the process
-        wandb.finish()  # the Trainer leaves its run open; close it (and flush the log) here
+        wandb.finish()  # a no-op unless the run above was left open
         wandb.teardown()  # wandb reads WANDB_DIR once a process: the next test sets another
     logged = pd.read_csv(tmp_path / "run" / "log_history.csv").dropna(subset=["loss"])
     steps = [row for row in _wandb_history(tmp_path / "wandb-files") if "train/loss" in row]
@@ -94,3 +96,30 @@ def test_fsdp2_loop_reports_to_wandb_and_tensorboard_with_the_same_tags(tmp_path
     events = EventAccumulator(str(tmp_path / "run" / TENSORBOARD_FOLDER)).Reload()
     losses = [event.value for event in events.Scalars("train/loss")]
     assert losses == pytest.approx(logged["loss"].tolist())  # TensorBoard stores float32
+
+
+def test_a_run_the_caller_opened_is_used_and_left_open(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from lisa_apps.data import make_math_problems
+    from lisa_apps.models import load_model
+    from lisa_apps.training import FinetuneConfig, finetune
+    from lisa_apps.training.tracking import WandbWriter
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="caller")
+    try:
+        model, tokenizer = load_model("tiny-llama")
+        config = FinetuneConfig(
+            steps=2, batch_size=2, max_length=256, score_accuracy=False, report_to=("wandb",)
+        )
+        finetune(model, tokenizer, make_math_problems(4), [], config, progress=False,
+                 evaluate_before=False)  # fmt: skip
+        writer = WandbWriter()  # the FSDP2 loop's writer
+        writer.log({"step": 3, "loss": 1.5})
+        writer.close()
+        assert wandb.run is run  # neither path finished it
+    finally:
+        run.finish()
+        wandb.teardown()
+    history = [row for row in _wandb_history(tmp_path) if "train/loss" in row]
+    assert [row["train/global_step"] for row in history] == [1, 2, 3]
