@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -119,6 +122,33 @@ def wrap_lora(
         **extra,
     )
     # peft draws A from torch's global generator; seed it without leaking into the caller's.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _stand_in_weights(model, targets):
         torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _stand_in_weights(model: nn.Module, targets: list[str]) -> Iterator[None]:
+    """While peft wraps, give each target whose weight is on the meta device a storage-free
+    stand-in on the default device; put the meta weight back afterwards.
+
+    peft builds the adapters on the default device, draws them, then moves them to the device
+    of the layer's weight: to meta, losing the values, for a model built empty to be loaded
+    shard by shard (lisa_apps.sharded_load.empty_model). A stand-in (one element expanded to
+    the weight's shape and dtype) keeps them where they were drawn: the same values, from the
+    same draws, as on a loaded model, in the weight's dtype.
+    """
+    swapped = []
+    for name in targets:
+        layer = model.get_submodule(name)
+        weight = layer.weight
+        if weight.is_meta:
+            stand_in = torch.empty((), dtype=weight.dtype).expand(weight.shape)
+            layer.weight = nn.Parameter(stand_in, requires_grad=False)
+            swapped.append((layer, weight))
+    try:
+        yield
+    finally:
+        for layer, weight in swapped:  # peft keeps the layer itself as its base_layer
+            weight.requires_grad_(layer.weight.requires_grad)
+            layer.weight = weight

@@ -11,7 +11,10 @@ linear layer inside the blocks; embeddings, head and norms stay frozen.
 
 In several processes (``distributed="fsdp2"`` or ``"ddp"``, under torchrun) every rank trains on
 its slice of each global batch and records the whole model's norms; the FT probe, which holds
-grads and Adam state for every weight, is the one that needs FSDP2's sharding.
+grads and Adam state for every weight, is the one that needs FSDP2's sharding. The LoRA probe
+may be sharded too, when a replica of its frozen base would not fit a rank: the adapters are
+drawn in full on every rank (the same seed, so the same values as one process) and sharded
+with the blocks they adapt.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ logger = logging.getLogger(__name__)
 # "lora-eh": LoRA whose embedding and head also train in full (peft modules_to_save).
 PROBE_METHODS = ("lora", "ft", "lora-eh")
 _LORA_PROBES = ("lora", "lora-eh")
+# The probes FSDP2 shards ("lora-eh"'s modules_to_save copies of E and H are not mapped).
+_SHARDED = ("ft", "lora")
 # Label id that the loss skips (prompt and padding tokens), as in lisa_apps.data.
 _IGNORE_INDEX = -100
 
@@ -106,13 +111,15 @@ def run_probe(
         path: stream the recorder's CSV here (file or directory) and save it at the end; in
             several processes rank 0 alone writes it.
         distributed: None (this process alone), "ddp" (DistributedDataParallel: every rank
-            holds the model) or "fsdp2" (FT only: every block, E and H sharded with
-            :func:`lisa.distributed.shard_model`), inside an initialised process group.
+            holds the model) or "fsdp2" (FT and LoRA: every block with its adapters, E and H
+            sharded with :func:`lisa.distributed.shard_model`), inside an initialised process
+            group.
             ``batch_size`` is then the global batch, split evenly over the ranks; the loss is
             the global token mean and the norms are the whole model's, the same on every rank.
         fill_shards: under "fsdp2", for a model whose parameters are still on the meta device
             (``lisa_apps.sharded_load.empty_model``): called with the sharded model and the
-            device, it fills each rank's shards (``lisa_apps.sharded_load.load_shards``).
+            device, it fills each rank's shards (``lisa_apps.sharded_load.load_shards``, which
+            keeps the LoRA adapters' drawn values).
 
     Returns:
         The tidy norms table (see NormRecorder); ``table.attrs["losses"]`` holds the loss per
@@ -155,10 +162,10 @@ def run_probe(
     if not isinstance(trained, nn.Module):
         raise TypeError(f"the model function returned {type(trained).__name__}, not a module")
     empty = any(parameter.is_meta for parameter in trained.parameters())
-    if empty and (distributed != "fsdp2" or fill_shards is None or method != "ft"):
+    if empty and (distributed != "fsdp2" or fill_shards is None or method not in _SHARDED):
         raise ValueError(
-            "the model's parameters are on the meta device: only the FT probe under "
-            "distributed='fsdp2' with fill_shards loads them (after sharding)"
+            "the model's parameters are on the meta device: only the FT and LoRA probes under "
+            "distributed='fsdp2' with fill_shards load them (after sharding)"
         )
     # FSDP2 moves each unit's shard to the device as it shards: keep the whole model on the CPU
     # (an empty model is only cast: its shards are filled once sharded).
@@ -277,10 +284,10 @@ def _check_distributed(distributed: str | None, method: str, batch_size: int) ->
             f"distributed={distributed!r} needs an initialised process group (start with "
             "torchrun and call torch.distributed.init_process_group)"
         )
-    if distributed == "fsdp2" and method in _LORA_PROBES:
+    if distributed == "fsdp2" and method not in _SHARDED:
         raise ValueError(
-            "the LoRA probe trains small adapters over a frozen model; run it with "
-            "distributed='ddp' (FSDP2 is for the FT probe)"
+            f"the {method} probe trains copies of E and H through peft's modules_to_save, "
+            "which FSDP2 does not shard here; run it with distributed='ddp'"
         )
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if batch_size % world:

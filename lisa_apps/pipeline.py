@@ -34,6 +34,7 @@ from lisa.signature import layer_signature
 from lisa.validation import check_int, check_positive_float
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.outputs import RunFolder
+from lisa_apps.probe_layout import LORA_PROBE_LAYOUTS, LoraProbeLayout, choose_lora_probe_layout
 from lisa_apps.sharded_load import load_shards
 
 __all__ = ["DiagnoseSettings", "Diagnosis", "diagnose"]
@@ -63,8 +64,13 @@ class DiagnoseSettings:
         probes: the probes to run: "lora" and "ft" (the policy's ratio needs both), plus
             "lora-eh" for LoRA whose embedding and head also train in full (at ``lr_lora``).
         distributed: None (one process), or under torchrun "fsdp2" (the FT probe sharded
-            with FSDP2, the LoRA probe replicated with DDP) or "ddp" (both probes with DDP);
-            ``batch_size`` is then the global batch and rank 0 alone writes the files.
+            with FSDP2, the LoRA probe as ``lora_probe`` says) or "ddp" (both probes with
+            DDP); ``batch_size`` is then the global batch and rank 0 alone writes the files.
+        lora_probe: under "fsdp2", the LoRA probe's layout: "replicated" (DDP, a full copy of
+            the frozen base per rank), "sharded" (FSDP2, loaded shard by shard from a
+            safetensors folder) or "auto" (replicated when ``lisa estimate`` says a replica
+            fits the rank; see :mod:`lisa_apps.probe_layout`). The "lora-eh" probe is always
+            replicated.
     """
 
     steps: int = 20
@@ -87,6 +93,7 @@ class DiagnoseSettings:
     progress: bool = True
     distributed: str | None = None
     probes: tuple[str, ...] = ("lora", "ft")
+    lora_probe: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "gamma", "batch_size", "record_every"):
@@ -120,6 +127,13 @@ class DiagnoseSettings:
             )
         if self.distributed not in (None, "ddp", "fsdp2"):
             raise ValueError(f"distributed={self.distributed!r} is not one of None, 'ddp', 'fsdp2'")
+        if self.lora_probe not in LORA_PROBE_LAYOUTS:
+            raise ValueError(f"lora_probe={self.lora_probe!r} is not one of {LORA_PROBE_LAYOUTS}")
+        if self.lora_probe != "auto" and self.distributed != "fsdp2":
+            raise ValueError(
+                f"lora_probe={self.lora_probe!r} applies to distributed='fsdp2' only (one "
+                "process and DDP hold a full copy); leave it 'auto'"
+            )
 
     @property
     def resolved_policy_kind(self) -> str:
@@ -154,17 +168,18 @@ ModelSource = nn.Module | str | Callable[[], nn.Module]
 
 
 def _model_factory(
-    source: ModelSource, seed: int, distributed: str | None = None
+    source: ModelSource, seed: int, distributed: str | None = None, lora_layout: str | None = None
 ) -> Callable[[str], nn.Module]:
     """A function of the probe method that builds that probe's model."""
     if isinstance(source, str):
         from lisa_apps.sharded_load import load_for_run
 
-        # Under FSDP2 the FT probe loads a safetensors folder shard by shard (an empty model
-        # run_probe fills after sharding); the LoRA probe (DDP) loads it whole.
+        # Under FSDP2 a sharded probe loads a safetensors folder shard by shard (an empty
+        # model run_probe fills after sharding); a replicated one (DDP) loads it whole.
         return lambda method: load_for_run(
-            source, seed=seed, distributed=_probe_distribution(distributed, method), method=method
-        )[0]
+            source, seed=seed, distributed=_probe_distribution(distributed, method, lora_layout),
+            method=method, shard_lora=True,
+        )[0]  # fmt: skip
     if isinstance(source, nn.Module):
         # The caller keeps its model unchanged: each probe trains a copy (pass a name or a
         # function to avoid holding the copy beside the original).
@@ -225,7 +240,6 @@ def diagnose(
     """
     settings = settings or DiagnoseSettings()
     started = time.perf_counter()
-    build = _model_factory(model, settings.seed, settings.distributed)
     if isinstance(model, str):
         model_name = model_name or model
     owns_folder = not isinstance(out_dir, RunFolder | None)
@@ -247,11 +261,18 @@ def diagnose(
         from lisa_apps.training.distributed import rank_device
 
         device = rank_device(device)
+    layout = None
+    if settings.distributed == "fsdp2" and "lora" in settings.probes:
+        layout = _lora_probe_layout(model, settings, device)
+        logger.info("LoRA probe %s: %s", layout.layout, layout.reason)
+    build = _model_factory(
+        model, settings.seed, settings.distributed, layout.layout if layout else None
+    )
     if folder is not None and folder.status == "new":
         folder.open()
     try:
         diagnosis = _diagnose(build, features, tokenizer, folder, settings, device, model_name,
-                              command, started)  # fmt: skip
+                              command, started, layout)  # fmt: skip
     except KeyboardInterrupt:
         if owns_folder:
             folder.close("interrupted")
@@ -265,7 +286,9 @@ def diagnose(
     return diagnosis
 
 
-def _diagnose(build, features, tokenizer, folder, settings, device, model_name, command, started):
+def _diagnose(
+    build, features, tokenizer, folder, settings, device, model_name, command, started, layout
+):
     collate = DataCollator(tokenizer)
     tables, probe_records, losses, seconds, peaks = [], {}, {}, {}, {}
     layer_map_facts = None
@@ -315,7 +338,9 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
                 progress=settings.progress,
                 run=f"{method}-probe",
                 path=partial,
-                distributed=_probe_distribution(settings.distributed, method),
+                distributed=_probe_distribution(
+                    settings.distributed, method, layout.layout if layout else None
+                ),
                 fill_shards=load_shards,
             )
             del probe_model
@@ -331,6 +356,8 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
             "peak_memory_bytes": peak.peak_bytes,
             "peak_memory_measure": peak.measure,
         }
+        if method == "lora" and layout is not None:
+            probe_records[method]["layout"] = asdict(layout)
         if settings.distributed is not None:
             from lisa_apps.training.distributed import gather_from_ranks
 
@@ -401,8 +428,30 @@ def _diagnose(build, features, tokenizer, folder, settings, device, model_name, 
     )  # fmt: skip
 
 
-def _probe_distribution(distributed: str | None, method: str) -> str | None:
-    """How a probe runs in several processes: FT as asked; LoRA (small adapters) with DDP."""
+def _probe_distribution(
+    distributed: str | None, method: str, lora_layout: str | None = None
+) -> str | None:
+    """How a probe runs in several processes: FT as asked; LoRA sharded (FSDP2) only when its
+    layout is "sharded", else replicated with DDP; LoRA with E and H (lora-eh) with DDP."""
     if distributed is None:
         return None
-    return distributed if method == "ft" else "ddp"
+    if method == "ft" or (method == "lora" and lora_layout == "sharded"):
+        return distributed
+    return "ddp"
+
+
+def _lora_probe_layout(source: ModelSource, settings: DiagnoseSettings, device) -> LoraProbeLayout:
+    """The LoRA probe's layout under FSDP2, from the config of ``source`` when it has one."""
+    from lisa_apps.training.distributed import rank_and_world
+
+    config = getattr(source, "config", None)
+    if isinstance(source, str):
+        from lisa_apps.estimate import resolve_config
+
+        try:
+            config = resolve_config(source).config
+        except ValueError as error:  # e.g. a hub name: no config here to estimate from
+            logger.warning("no estimate for the LoRA probe's layout: %s", error)
+    return choose_lora_probe_layout(
+        settings.lora_probe, config, settings, device, rank_and_world()[1]
+    )

@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_ATTRIBUTE = "lisa_checkpoint_folder"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+# peft's prefix for the wrapped model and the module an adapted layer's weight moves into.
+_PEFT_PREFIX = "base_model.model."
+_BASE_LAYER = ".base_layer"
 
 
 def checkpoint_files(folder: str | Path) -> dict[str, Path]:
@@ -167,14 +170,21 @@ def can_load_sharded(folder: str | Path) -> bool:
 
 
 def load_for_run(
-    name_or_path: str, *, seed: int = 0, distributed: str | None = None, method: str = "lisa"
+    name_or_path: str,
+    *,
+    seed: int = 0,
+    distributed: str | None = None,
+    method: str = "lisa",
+    shard_lora: bool = False,
 ):
     """``(model, tokenizer)`` for a run: a meta model when FSDP2 will load it shard by shard.
 
     Under ``distributed="fsdp2"`` with more than one rank, a folder of safetensors (not a LoRA
-    run, whose adapters are initialised on the whole model) gives :func:`empty_model`'s model,
-    which :func:`lisa_apps.training.finetune` loads after sharding. Everything else (one
-    process, DDP, the built-in names, the default GGUF model, adapter folders) is
+    run of ``lisa train``, which wraps the whole model; ``shard_lora`` for lisa diagnose's
+    sharded LoRA probe, whose adapters ``diagnostics.lora.wrap_lora`` draws on the empty model)
+    gives :func:`empty_model`'s model, which :func:`lisa_apps.training.finetune` or
+    :func:`diagnostics.probes.run_probe` loads after sharding. Everything else (one process,
+    DDP, the built-in names, the default GGUF model, adapter folders) is
     :func:`lisa_apps.models.load_model`.
 
     Example:
@@ -185,7 +195,7 @@ def load_for_run(
     from lisa_apps.models import load_model, load_tokenizer
     from lisa_apps.training.distributed import rank_and_world
 
-    if distributed != "fsdp2" or method == "lora" or rank_and_world()[1] < 2:
+    if distributed != "fsdp2" or (method == "lora" and not shard_lora) or rank_and_world()[1] < 2:
         return load_model(name_or_path, seed=seed)
     if not can_load_sharded(name_or_path):
         return load_model(name_or_path, seed=seed)
@@ -238,6 +248,24 @@ def empty_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     return model
 
 
+def checkpoint_name(name: str) -> str:
+    """The checkpoint's name of a parameter or buffer of the model, plain or peft-wrapped.
+
+    peft wraps the model as ``base_model.model`` and moves an adapted layer's weight under
+    ``base_layer``; the checkpoint names the plain model's tensors.
+
+    Example:
+        >>> checkpoint_name("base_model.model.model.layers.0.mlp.up_proj.base_layer.weight")
+        'model.layers.0.mlp.up_proj.weight'
+    """
+    return name.removeprefix(_PEFT_PREFIX).replace(_BASE_LAYER, "")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor); a plain tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def shard_rows(tensor: torch.Tensor) -> tuple[int, int]:
     """The rows ``[start, stop)`` of the full tensor this rank's local shard holds.
 
@@ -269,10 +297,12 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
 
     Each rank reads only the rows it owns of every tensor, in the file's dtype, and copies them
     into its shard (converted there to the shard's dtype: a bfloat16 run never holds a float32
-    weight). Buffers the model computed (not in the checkpoint) keep their values.
+    weight). Buffers the model computed (not in the checkpoint) keep their values, and so do
+    parameters that are not on the meta device (LoRA adapters drawn on the empty model).
 
     Args:
-        model: built by :func:`empty_model`, then sharded (``lisa.distributed.shard_model``).
+        model: built by :func:`empty_model`, maybe peft-wrapped (names are mapped back with
+            :func:`checkpoint_name`), then sharded (``lisa.distributed.shard_model``).
         device: the mesh's device (this rank's CUDA device, or the CPU under gloo).
 
     Returns:
@@ -286,29 +316,48 @@ def load_shards(model: nn.Module, device: torch.device | str) -> nn.Module:
         )
     stored = checkpoint_files(folder)
     # Buffers the checkpoint lacks (non-persistent ones: rotary inv_freq) keep the value the
-    # model computed when it was built; to_empty would leave them uninitialised.
-    kept = {name: b.clone() for name, b in model.named_buffers() if name not in stored}
+    # model computed when it was built; to_empty would leave them uninitialised. So do the
+    # parameters that already have values (LoRA adapters drawn on the empty model by
+    # diagnostics.lora.wrap_lora): this rank's shard of each is put back.
+    kept = {
+        name: b.clone()
+        for name, b in model.named_buffers()
+        if checkpoint_name(name) not in stored
+    }
+    drawn = {
+        name: _local(p).detach().clone()
+        for name, p in model.named_parameters()
+        if not p.is_meta
+    }
     model.to_empty(device=device)
     for name, buffer in kept.items():
         owner, _, attribute = name.rpartition(".")
         model.get_submodule(owner)._buffers[attribute] = buffer.to(device)
-    targets = dict(model.named_parameters())  # a tied weight once, by its first name
+    parameters = dict(model.named_parameters())  # a tied weight once, by its first name
+    for name, values in drawn.items():
+        _local(parameters[name]).copy_(values)
+    targets = {name: p for name, p in parameters.items() if name not in drawn}
     targets |= {name: b for name, b in model.named_buffers() if name not in kept}
     by_file: dict[Path, list[str]] = {}
     for name in targets:
-        by_file.setdefault(stored[name], []).append(name)
+        if checkpoint_name(name) not in stored:
+            raise ValueError(
+                f"{name}: the checkpoint in {folder} has no {checkpoint_name(name)!r} and the "
+                "parameter has no values of its own"
+            )
+        by_file.setdefault(stored[checkpoint_name(name)], []).append(name)
     for path, names in by_file.items():
         with SafetensorsRows(path) as file:
             for name in names:
-                target = targets[name]
-                local = target.to_local() if hasattr(target, "to_local") else target
-                if file.shape(name) != tuple(target.shape):
+                target, stored_name = targets[name], checkpoint_name(name)
+                local = _local(target)
+                if file.shape(stored_name) != tuple(target.shape):
                     raise ValueError(
-                        f"{name}: the checkpoint holds shape {file.shape(name)}, the model "
+                        f"{name}: the checkpoint holds shape {file.shape(stored_name)}, the model "
                         f"{tuple(target.shape)}"
                     )
                 start, stop = shard_rows(target)
                 if local.dim() == 0 or stop > start:
                     # (stop - start, ...) rows in the file's dtype; copy_ casts into the shard.
-                    local.copy_(file.rows(name, start, stop))
+                    local.copy_(file.rows(stored_name, start, stop))
     return model

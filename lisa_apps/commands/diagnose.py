@@ -127,8 +127,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_runtime(parser, auto_precision=True)
     add_distributed(
         parser,
-        "fsdp2 = the FT probe sharded by FSDP2 and the LoRA probe with DDP, ddp = both with "
-        "DDP; --batch-size is the global batch",
+        "fsdp2 = the FT probe sharded by FSDP2 and the LoRA probe as --lora-probe says, ddp = "
+        "both with DDP; --batch-size is the global batch",
+    )
+    parser.add_argument(
+        "--lora-probe",
+        choices=("auto", "replicated", "sharded"),
+        default="auto",
+        help="under --distributed fsdp2, the LoRA probe's frozen base: replicated (DDP, a full "
+        "copy per rank), sharded (FSDP2, loaded shard by shard from a safetensors folder) or "
+        "auto (replicated when `lisa estimate` says a copy fits the rank's memory; default)",
     )
 
 
@@ -139,6 +147,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     from lisa_apps.training import resolve_precision
 
     check_distributed(args, "diagnose")
+    if args.lora_probe != "auto" and args.distributed != "fsdp2":
+        raise ValueError(
+            f"--lora-probe {args.lora_probe} applies to --distributed fsdp2 only (one process "
+            "and ddp hold a full copy); drop it or add --distributed fsdp2 under torchrun"
+        )
     device = apply_runtime(args)
     info = inspect_model(args.model)
     check_gamma(args.gamma, info.num_blocks, args.model)
@@ -175,6 +188,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         progress=not args.no_progress,
         distributed=args.distributed,
         probes=args.probes,
+        lora_probe=args.lora_probe,
     )
     if args.floor * info.num_blocks > args.gamma + 1e-12:
         raise ValueError(
