@@ -223,3 +223,5 @@ def test_lora_probe_without_fsdp2_is_refused_with_one_line(tmp_path, monkeypatch
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "--lora-probe sharded applies to" in error[0], error
     assert not out.exists()
+    with pytest.raises(ValueError, match="applies to distributed='fsdp2' only"):
+        DiagnoseSettings(lora_probe="sharded")  # the Python API refuses it too
