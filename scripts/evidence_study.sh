@@ -31,9 +31,11 @@
 #   it is measured against): maths 4 x (26.9 + 25.9) = 211 min, pydoc 4 x (31.7 + 30.5) =
 #   249 min, plus at most one unfinished run per study redone after the part boundary.
 #   Cut (core-hours each would add, both data sets): FT 4.9, LoRA r32 4.3, LISA gamma 4 4.0,
-#   owlore 4.0, LISA per-group rates 3.9 (also not a `lisa study` option: it has no
-#   --lr-embed/--lr-head), badam 2.7. LoRA r32 would be a second study (one --lora-rank per
-#   study). A variant added later changes the study's settings, so it goes into a new --out.
+#   owlore 4.0, LISA per-group rates 3.9 (--eh-lr-factors 1,0.25: E/H at a quarter of the
+#   swept rate, 1e-4 and 2e-4 for the tied embedding, 28.3M of the 35.4M parameters LISA
+#   trains at a time, where the 150-step study found 4e-4 too high), badam 2.7. LoRA r32
+#   would be a second study (one --lora-rank per study). A variant added later changes the
+#   study's settings, so it goes into a new --out.
 #
 # Environment:
 #   EVIDENCE_OUT     where the studies go (default evidence/): OUT/math, OUT/pydoc, OUT/logs
@@ -42,7 +44,8 @@
 #   EVIDENCE_DRY=1   a check that `lisa study` takes every option here: 2 steps, 1 seed, one
 #                    rate, a few examples, into OUT=/tmp/evidence-dry unless EVIDENCE_OUT is set
 #                    (owlore needs a model of >= 5 blocks: SmolLM2 or a saved tiny one)
-#   EVIDENCE_GRID    kept (default, PLAN) or full (FT, LoRA r8, LISA, gamma 4, badam, owlore)
+#   EVIDENCE_GRID    kept (default, PLAN) or full (FT, LoRA r8, LISA, LISA per-group rates,
+#                    gamma 4, badam, owlore)
 #   EVIDENCE_PRINT=1 print the two commands, run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,10 +59,11 @@ lisa="${LISA:-.venv/bin/lisa}"
 model="${EVIDENCE_MODEL:-smollm2-135m}"
 
 # The grid (see PLAN): the variants kept within ~4 h on 2 cores, or EVIDENCE_GRID=full for
-# every variant one study can hold (all but LoRA r32 and per-group rates; ~13 h on 2 cores).
+# every variant one study can hold (all but LoRA r32; ~15 h on 2 cores, the pydoc study's
+# 884 min of the whole grid's 1,023).
 case "${EVIDENCE_GRID:-kept}" in
-    kept) methods="lisa,lora"; gammas="2"; presets="" ;;
-    full) methods="ft,lora,lisa"; gammas="2,4"; presets="badam,owlore" ;;
+    kept) methods="lisa,lora"; gammas="2"; presets=""; eh_lr_factors="" ;;
+    full) methods="ft,lora,lisa"; gammas="2,4"; presets="badam,owlore"; eh_lr_factors="1,0.25" ;;
     *) echo "evidence_study.sh: EVIDENCE_GRID=${EVIDENCE_GRID} is not kept or full" >&2; exit 2 ;;
 esac
 # Every run: the schedule, the length, the curve, the rate sweep (tuned on seed 0).
@@ -68,6 +72,9 @@ common=(--model "$model" --methods "$methods" --gammas "$gammas" --lora-rank 8
         --tune-seeds 1 --threads 1)
 if [[ -n "$presets" ]]; then
     common+=(--presets "$presets")
+fi
+if [[ -n "$eh_lr_factors" ]]; then
+    common+=(--eh-lr-factors "$eh_lr_factors")
 fi
 if [[ "${EVIDENCE_DRY:-0}" == 1 ]]; then
     out="${EVIDENCE_OUT:-/tmp/evidence-dry}"

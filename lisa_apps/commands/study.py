@@ -138,6 +138,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--eh", type=csv_choices(EH_CHOICES), default=None,
         help="embedding and head trained every period or frozen (default trained)",
     )  # fmt: skip
+    lisa.add_argument(
+        "--eh-lr-factors", type=_csv_of(positive_float, "numbers > 0"), default=None,
+        help="embedding and head train at the run's rate times this factor, the blocks at the "
+        "rate (default 1; 1,0.25 adds lisa-uniform-ehlr0.25; a tied E/H weight takes it)",
+    )  # fmt: skip
     schedule = parser.add_argument_group("schedule of every run (as `lisa train`'s) and curves")
     schedule.add_argument(
         "--lr-scheduler", default=defaults.lr_scheduler,
@@ -223,7 +228,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         ("--policies", "policies", ("uniform",)), ("--gammas", "gammas", (DEFAULT_GAMMA,)),
         ("--intervals", "intervals", (DEFAULT_INTERVAL,)),
         ("--state-policies", "state_policies", ("drop",)), ("--eh", "eh", ("trained",)),
-        ("--presets", "presets", ()),
+        ("--eh-lr-factors", "eh_lr_factors", (1.0,)), ("--presets", "presets", ()),
     )  # fmt: skip
     given = [flag for flag, name, _ in lisa_knobs if getattr(args, name) is not None]
     if "lisa" not in args.methods and given:
@@ -243,6 +248,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         raise ValueError(
             f"--accuracy-examples {accuracy_examples} is more than --test-examples "
             f"{args.test_examples}; score at most the test examples"
+        )
+    if args.eh[0] == "frozen" and args.eh_lr_factors != (1.0,):
+        raise ValueError(
+            "--eh-lr-factors sets the rate of the embedding and head, which --eh's first value "
+            "frozen freezes in the base variant; put trained first in --eh"
         )
     if args.warmup_steps and args.warmup_ratio:
         raise ValueError("--warmup-steps and --warmup-ratio both set the warm-up; pass one of them")
@@ -297,7 +307,8 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr_factors=args.lr_factors, tune_seeds=args.tune_seeds,
         gammas=args.gammas, intervals=args.intervals, state_policies=args.state_policies,
-        eh=args.eh, lora_rank=args.lora_rank, train_examples=args.train_examples,
+        eh=args.eh, eh_lr_factors=args.eh_lr_factors, lora_rank=args.lora_rank,
+        train_examples=args.train_examples,
         val_examples=args.val_examples, test_examples=args.test_examples,
         accuracy_examples=accuracy_examples, max_new_tokens=args.max_new_tokens,
         score_batches=args.score_batches, outlier_threshold=args.outlier_threshold,

@@ -43,15 +43,15 @@ logger = logging.getLogger(__name__)
 
 RUN_COLUMNS = (
     "run_id", "variant", "method", "policy", "gamma", "interval", "state_policy", "train_eh",
-    "lora_rank", "seed", "learning_rate", "steps", "val_loss", "test_loss", "test_accuracy",
-    "num_scored", "train_loss_last", "seconds_per_step", "peak_memory_bytes",
+    "eh_lr_factor", "lora_rank", "seed", "learning_rate", "steps", "val_loss", "test_loss",
+    "test_accuracy", "num_scored", "train_loss_last", "seconds_per_step", "peak_memory_bytes",
     "peak_memory_measure", "optimizer_state_bytes", "trainable_parameters", "wall_seconds",
 )  # fmt: skip
 # One row per (run, evaluation point) in curves.csv.
 CURVE_COLUMNS = ("run_id", "variant", "method", "seed", "learning_rate", "step", "eval_loss")
 # Variant columns shown in summary.csv before the statistics.
 SUMMARY_ID_COLUMNS = ("variant", "method", "policy", "gamma", "interval", "state_policy",
-                      "train_eh", "lora_rank")  # fmt: skip
+                      "train_eh", "eh_lr_factor", "lora_rank")  # fmt: skip
 
 
 @dataclass
@@ -93,16 +93,36 @@ def _read_runs(folder: StudyFolder | None) -> pd.DataFrame:
     path = None if folder is None else folder.path / "runs.csv"
     if path is None or not path.is_file():
         return pd.DataFrame(columns=list(RUN_COLUMNS))
-    return pd.read_csv(path)
+    return _with_later_columns(pd.read_csv(path))
+
+
+def _with_later_columns(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of a study started before a column existed, with that column's value then.
+
+    ``eh_lr_factor``: LISA's embedding and head trained at the run's rate (1), other methods
+    have none.
+    """
+    if "eh_lr_factor" in runs.columns:
+        return runs
+    runs = runs.copy()
+    factor = runs["method"].map(lambda method: 1.0 if method == "lisa" else math.nan)
+    at = runs.columns.get_loc("train_eh") + 1 if "train_eh" in runs.columns else len(runs.columns)
+    runs.insert(at, "eh_lr_factor", factor.astype(float))
+    return runs
 
 
 def _append_row(folder: StudyFolder, row: dict[str, Any]) -> None:
-    """Add one row to runs.csv: earlier rows are kept byte for byte, the file replaced atomically."""
+    """Add one row to runs.csv: earlier rows are kept byte for byte, the file replaced atomically.
+
+    The row takes the file's own columns, so a study started before a column was added keeps
+    its header (its runs all have that column's earlier value, as its settings are the same).
+    """
     path = folder.path / "runs.csv"
     text = path.read_text() if path.is_file() else ",".join(RUN_COLUMNS) + "\n"
+    columns = next(csv.reader(io.StringIO(text)))
     line = io.StringIO()
     csv.writer(line, lineterminator="\n").writerow(
-        ["" if _missing(row[c]) else row[c] for c in RUN_COLUMNS]
+        ["" if _missing(row[c]) else row[c] for c in columns]
     )
     folder.write_text("runs.csv", text + line.getvalue())
 
@@ -147,6 +167,7 @@ def summarise(
     ``num_pairs``.
     """
     rows = []
+    runs = _with_later_columns(runs)
     chosen_runs = pd.concat(
         [runs[(runs["variant"] == v) & (runs["learning_rate"] == r)] for v, r in chosen_rates.items()]
         or [runs.iloc[0:0]]
@@ -445,6 +466,13 @@ def _train_one(
     model, tokenizer = load_for_run(
         settings.model, seed=run.seed, distributed=distributed, method=variant.method
     )
+    # E and H at the variant's factor times the run's rate; a tied E/H weight takes lr_embed.
+    eh_rates = (
+        {"lr_embed": variant.eh_lr_factor * run.learning_rate,
+         "lr_head": variant.eh_lr_factor * run.learning_rate}
+        if variant.method == "lisa" and variant.train_eh and variant.eh_lr_factor != 1.0
+        else {}
+    )  # fmt: skip
     config = FinetuneConfig(
         method=variant.method,
         steps=settings.steps,
@@ -461,6 +489,7 @@ def _train_one(
         gradient_checkpointing=settings.gradient_checkpointing,
         distributed=distributed,
         **_schedule(settings, variant),
+        **eh_rates,
     )
     result = finetune(
         model, tokenizer, data["train"], data["test"], config, out_dir=run_folder,

@@ -1,11 +1,11 @@
 """StudySettings and the grid they span: variants x seeds x learning rates, one budget for all.
 
 A *variant* is what trains and how: FT, LoRA rank r, or LISA with a policy and its knobs
-(gamma, K, state policy, E/H trained or frozen). The LISA variants are the base configuration
-with each named policy, plus, for uniform LISA, one knob changed at a time to each further
-value asked for (``gammas=(2, 8)`` adds a gamma-8 variant). Every variant runs at every seed and
-at each learning rate of its sweep (the method's default rate times each factor), all with the
-same steps, batch and data.
+(gamma, K, state policy, E/H trained or frozen, E/H's rate factor). The LISA variants are the
+base configuration with each named policy, plus, for uniform LISA, one knob changed at a time
+to each further value asked for (``gammas=(2, 8)`` adds a gamma-8 variant). Every variant runs
+at every seed and at each learning rate of its sweep (the method's default rate times each
+factor), all with the same steps, batch and data.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ POLICY_NAMES = ("uniform", "norm-ratio", "grad-norm", "outlier", "outlier-revers
 #: Embedding and head: trained every period (the paper) or frozen.
 EH_CHOICES = ("trained", "frozen")
 BASE_POLICY = "uniform"
+# Settings that only LISA variants use (refused when methods has no lisa).
+_LISA_KNOBS = ("policies", "gammas", "intervals", "state_policies", "eh", "eh_lr_factors",
+               "presets")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class Variant:
     """One configuration of the grid (everything but the seed and the learning rate).
 
     ``change`` names the one LISA knob that differs from the base configuration (e.g.
-    ``"gamma8"``), empty for the base itself and for FT and LoRA.
+    ``"gamma8"``), empty for the base itself and for FT and LoRA. ``eh_lr_factor``: the
+    embedding and head train at this factor times the run's rate (the blocks and extras at the
+    rate itself).
 
     Example:
         >>> Variant("lisa", policy="uniform", gamma=8, change="gamma8").name
@@ -51,6 +56,7 @@ class Variant:
     interval: int = DEFAULT_INTERVAL
     state_policy: str = "drop"
     train_eh: bool = True
+    eh_lr_factor: float = 1.0
     lora_rank: int = DEFAULT_LORA_RANK
     change: str = ""
     preset: str = ""  # a preset variant: its name (lisa_apps.presets)
@@ -79,6 +85,7 @@ class Variant:
             "interval": self.interval if lisa else None,
             "state_policy": self.state_policy if lisa else "",
             "train_eh": self.train_eh if lisa else None,
+            "eh_lr_factor": self.eh_lr_factor if lisa else None,
             "lora_rank": self.lora_rank if self.method == "lora" else None,
         }
 
@@ -100,8 +107,11 @@ class StudySettings:
         lr_factors: each variant's sweep: its method's default rate times each factor.
         tune_seeds: the rate is chosen on the first ``tune_seeds`` seeds (None: all of them);
             later seeds run only at the chosen rate.
-        gammas, intervals, state_policies, eh: LISA knobs; the first value of each is the base,
-            every further value adds a uniform-LISA variant with that one knob changed.
+        gammas, intervals, state_policies, eh, eh_lr_factors: LISA knobs; the first value of
+            each is the base, every further value adds a uniform-LISA variant with that one
+            knob changed. ``eh_lr_factors``: the embedding and head train at the factor times
+            the run's (swept) rate, the blocks and extras at the rate (``(1, 0.25)`` adds
+            ``lisa-uniform-ehlr0.25``); on a model with tied E/H the shared weight takes it.
         lora_rank: LoRA rank (alpha = 2 r).
         train_examples, val_examples, test_examples: the training pool, the validation split
             carved from the training data (rates are chosen on it) and the held-out test split.
@@ -138,6 +148,7 @@ class StudySettings:
     intervals: tuple[int, ...] = (DEFAULT_INTERVAL,)
     state_policies: tuple[str, ...] = ("drop",)
     eh: tuple[str, ...] = ("trained",)
+    eh_lr_factors: tuple[float, ...] = (1.0,)
     lora_rank: int = DEFAULT_LORA_RANK
     train_examples: int = 1000
     val_examples: int = 32
@@ -160,7 +171,7 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         for name in ("methods", "policies", "lr_factors", "gammas", "intervals",
-                     "state_policies", "eh", "presets"):  # fmt: skip
+                     "state_policies", "eh", "eh_lr_factors", "presets"):  # fmt: skip
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_choices("methods", self.methods, METHODS)
         _check_choices("policies", self.policies, POLICY_NAMES)
@@ -196,6 +207,18 @@ class StudySettings:
             for value in values:
                 check_int(name, value)
             _check_unique(name, values)
+        if not self.eh_lr_factors:
+            raise ValueError("eh_lr_factors is empty; give at least one factor, e.g. (1.0,)")
+        for factor in self.eh_lr_factors:
+            check_positive_float(
+                "eh_lr_factors", factor, hint="multiples of the run's rate for E and H"
+            )
+        _check_unique("eh_lr_factors", self.eh_lr_factors)
+        if self.eh[0] == "frozen" and self.eh_lr_factors != (1.0,):
+            raise ValueError(
+                f"eh_lr_factors={list(self.eh_lr_factors)} set the rate of the embedding and "
+                "head, which eh's base value 'frozen' freezes; put 'trained' first in eh"
+            )
         check_positive_float("outlier_threshold", self.outlier_threshold, hint="M")
         if self.presets:
             from lisa_apps.presets import available_presets
@@ -219,7 +242,7 @@ class StudySettings:
         defaults = StudySettings.__dataclass_fields__
         return [
             name
-            for name in ("policies", "gammas", "intervals", "state_policies", "eh", "presets")
+            for name in _LISA_KNOBS
             if getattr(self, name) != defaults[name].default
         ]
 
@@ -244,6 +267,7 @@ class StudySettings:
             interval=self.intervals[0],
             state_policy=self.state_policies[0],
             train_eh=self.eh[0] == "trained",
+            eh_lr_factor=self.eh_lr_factors[0],
             lora_rank=self.lora_rank,
         )
 
@@ -263,8 +287,15 @@ class StudySettings:
             for value in self.state_policies[1:]:
                 found.append(dataclasses.replace(base, state_policy=value, change=value))
             for value in self.eh[1:]:
+                trained = value == "trained"
+                # Frozen E/H take no rate: the factor is the base's only while they train.
+                found.append(dataclasses.replace(
+                    base, train_eh=trained, change=f"eh-{value}",
+                    eh_lr_factor=base.eh_lr_factor if trained else 1.0,
+                ))  # fmt: skip
+            for value in self.eh_lr_factors[1:]:
                 found.append(
-                    dataclasses.replace(base, train_eh=value == "trained", change=f"eh-{value}")
+                    dataclasses.replace(base, eh_lr_factor=value, change=f"ehlr{value:g}")
                 )
             found.extend(preset_variant(name) for name in self.presets)
         names = [v.name for v in found]
@@ -312,7 +343,8 @@ class StudySettings:
         }
 
 
-_ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every", "presets")
+_ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every", "presets",
+                "eh_lr_factors")  # fmt: skip
 
 
 def preset_variant(name: str) -> Variant:
