@@ -27,7 +27,7 @@ for capability in "${capabilities[@]}"; do
     continue
   fi
   echo "numerics tests under ATEN_CPU_CAPABILITY=$capability"
-  ATEN_CPU_CAPABILITY=$capability .venv/bin/python -m pytest -q -m numerics "${numerics_files[@]}" \
-    || status=$?
+  ATEN_CPU_CAPABILITY=$capability .venv/bin/python -m pytest -q -m numerics \
+    -n "${LISA_TEST_WORKERS:-2}" --dist loadfile "${numerics_files[@]}" || status=$?
 done
 exit "$status"
