@@ -370,6 +370,10 @@ class RunFolder:
         self.status = status
         if self._parent is not None:
             return
+        if status == "finished":
+            # Names listed before they were written (a checkpoint-N) and removed since (the
+            # checkpoint rotation of --save-total-limit) are not part of the results.
+            self.written = [name for name in self.written if (self.path / name).exists()]
         self._write_manifest()
         try:
             if self._replacing:

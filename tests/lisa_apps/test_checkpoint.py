@@ -90,6 +90,11 @@ def test_a_killed_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-6"]
     manifest = json.loads((killed / MANIFEST).read_text())
     assert manifest["status"] == "finished" and "checkpoint-6" in manifest["files"]
+    # A finished run lists what it kept: the checkpoints the rotation removed are not listed.
+    for out in (whole, killed):
+        listed = json.loads((out / MANIFEST).read_text())["files"]
+        assert [name for name in listed if name.startswith("checkpoint-")] == ["checkpoint-6"]
+        assert all((out / name).exists() for name in listed), out
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,12 @@ from safetensors.torch import load_file
 
 from lisa_apps.outputs import MANIFEST
 from lisa_apps.training.checkpoints import latest_checkpoint
-from tests.lisa_apps.commands.test_distributed_commands import WORLD, torchrun, torchrun_command
+from tests.lisa_apps.commands.test_distributed_commands import (
+    WORLD,
+    _one_set_of_results,
+    torchrun,
+    torchrun_command,
+)
 
 TRAIN = [
     "train", "--distributed", "ddp", "--model", "tiny-llama", "--steps", "4",
@@ -107,7 +112,7 @@ def runs(tmp_path_factory):
     killed, killed_markers = root / "killed", root / "killed-markers"
     whole_markers.mkdir(), killed_markers.mkdir()
     env = {"LISA_TEST_MARKERS": str(whole_markers)}
-    torchrun(*TRAIN, "--out", str(whole), script=str(launcher), env=env)
+    whole_stdout = torchrun(*TRAIN, "--out", str(whole), script=str(launcher), env=env).stdout
     _kill_during_step(launcher, killed_markers, killed)
     # The state the kill left: checkpoint-2 complete, no results, the manifest still "running".
     assert latest_checkpoint(killed).name == "checkpoint-2"
@@ -115,11 +120,19 @@ def runs(tmp_path_factory):
     assert json.loads((killed / MANIFEST).read_text())["status"] == "running"
     env = {"LISA_TEST_MARKERS": str(killed_markers)}
     torchrun(*TRAIN, "--out", str(killed), "--resume", "auto", script=str(launcher), env=env)
-    return whole, whole_markers, killed, killed_markers
+    return whole, whole_markers, killed, killed_markers, whole_stdout
+
+
+def test_the_uninterrupted_ddp_run_writes_one_set_of_results(runs):
+    whole, stdout = runs[0], runs[4]
+    _one_set_of_results(whole)
+    metrics = json.loads((whole / "metrics.json").read_text())
+    assert metrics["world_size"] == WORLD and metrics["num_switches"] == 2
+    assert all(f"rank {r}: peak memory" in stdout for r in range(WORLD))
 
 
 def test_ddp_run_killed_during_step_3_and_resumed_equals_the_uninterrupted_run(runs):
-    whole, whole_markers, killed, killed_markers = runs
+    whole, whole_markers, killed, killed_markers, _ = runs
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["resumed_at_step"] == 2 and metrics["resumed_from"].endswith("checkpoint-2")
     assert metrics["world_size"] == WORLD
