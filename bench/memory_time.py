@@ -9,6 +9,7 @@ set, peak process RSS, and on CUDA torch.cuda.max_memory_allocated. Then the iss
     .venv/bin/python -m bench.memory_time                       # tiny Llama, ~15 min on 1 thread
     .venv/bin/python -m bench.memory_time --model smollm2-135m --steps 12 --seq-len 128
     .venv/bin/python -m bench.memory_time --quick               # smoke test, ~1 min
+    .venv/bin/python -m bench.memory_time --quick --in-process  # the same in ~20 s (see below)
     .venv/bin/python -m bench.memory_time --device cuda         # bfloat16 on a GPU
 """
 
@@ -58,12 +59,22 @@ def plan_methods(
 
 
 def run_one(
-    label: str, method_args: list[str], common: list[str], threads: int, workdir: Path
+    label: str,
+    method_args: list[str],
+    common: list[str],
+    threads: int,
+    workdir: Path,
+    in_process: bool = False,
 ) -> dict:
-    """Run one method in a fresh interpreter and return its result dict."""
+    """Run one method in a fresh interpreter (or in this one) and return its result dict."""
     result_file = workdir / f"{label}.json"
-    command = [sys.executable, "-m", "bench.workload", *common, *method_args, "--label", label]
-    command += ["--result-file", str(result_file)]
+    argv = [*common, *method_args, "--label", label, "--result-file", str(result_file)]
+    if in_process:
+        from bench import workload
+
+        workload.main(argv)
+        return json.loads(result_file.read_text())
+    command = [sys.executable, "-m", "bench.workload", *argv]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     completed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if completed.returncode != 0:
@@ -221,6 +232,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", nargs="+", default=None, help="run only these labels (ft always runs)"
     )
     parser.add_argument("--json-out", type=Path, default=None, help="write every result here")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every method in this interpreter instead of a fresh one each: the imports "
+        "(~9 s a process on 2 cores) are paid once, the step times and exact bytes are the "
+        "same, but the peak RSS column is this process's peak so far, not the method's alone "
+        "(for smoke tests)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         # Small enough for a smoke test, long enough for three switching periods.
@@ -273,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                 blocks = static_blocks(results, gamma, args.policies)
                 method_args = [*method_args, "--blocks", *map(str, blocks)]
             print(f"running {label} ...", file=sys.stderr, flush=True)
-            results[label] = run_one(label, method_args, common, args.threads, Path(tmp))
+            results[label] = run_one(
+                label, method_args, common, args.threads, Path(tmp), args.in_process
+            )
     wall = time.perf_counter() - started
 
     first = results["ft"]
@@ -287,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, torch {first['torch']}, wall time {wall:.0f} s"
     )
     clock = "process CPU time" if first["timing"] == "cpu" else "wall time (synchronized)"
-    print(f"# step times: median {clock} per step; ratios and targets use it\n")
+    print(f"# step times: median {clock} per step; ratios and targets use it")
+    if args.in_process:
+        print("# --in-process: every method ran in this process, so peak RSS is not per method")
+    print()
     print("## Step time and memory\n")
     print(time_memory_table(results) + "\n")
     print("## Optimizer state, exact bytes\n")
