@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=5, help="LISA: steps per period K")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
+    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out problems scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"
@@ -65,7 +66,7 @@ def main() -> None:
     folder = RunFolder(args.out, command="examples/compare_methods.py", overwrite=args.overwrite)
     folder.open()  # refused before any work if --out holds another run's results
 
-    train = load_examples("math", split="train", num_examples=1000, seed=args.seed)
+    train = load_examples("math", split="train", num_examples=args.train_examples, seed=args.seed)
     held_out = load_examples("math", split="test", num_examples=args.eval_examples, seed=args.seed)
     rows = []
     before = None

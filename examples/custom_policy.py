@@ -70,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--use", choices=("paper", "tuned", "edited"), default="tuned")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
+    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out examples scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace, folder: RunFolder) -> None:
     policy.check_compatible(model)
     plot_policy(policy, folder.file("policy.png"))
     lisa_config = policy.to_lisa_config(interval=args.interval, seed=args.seed)
-    train = load_examples("math", split="train", num_examples=1000, seed=args.seed)
+    train = load_examples("math", split="train", num_examples=args.train_examples, seed=args.seed)
     held_out = load_examples("math", split="test", num_examples=args.eval_examples, seed=args.seed)
     print(
         f"\ntraining LISA with the {args.use!r} policy for {args.steps} steps (K={args.interval})"

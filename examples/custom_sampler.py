@@ -108,6 +108,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=5, help="steps per period K")
     parser.add_argument("--draws", type=int, default=20_000, help="seeded draws for the check")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
+    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out examples scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"
@@ -173,7 +174,7 @@ def main() -> None:
     lisa_config = LisaConfig(
         gamma=args.gamma, interval=args.interval, sampler="top-anchored", seed=args.seed
     )
-    train = load_examples("math", split="train", num_examples=1000, seed=args.seed)
+    train = load_examples("math", split="train", num_examples=args.train_examples, seed=args.seed)
     held_out = load_examples("math", split="test", num_examples=args.eval_examples, seed=args.seed)
     print(f"\ntraining LISA with sampler='top-anchored' for {args.steps} steps (K={args.interval})")
     result = finetune(

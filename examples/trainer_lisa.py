@@ -55,6 +55,7 @@ def parse_args() -> argparse.Namespace:
         "--save-steps", type=int, default=0, help="checkpoint every n steps (0: none)"
     )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
+    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=32, help="held-out examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see below)")
@@ -72,7 +73,7 @@ def main() -> None:
 
     model, tokenizer = load_model(args.model, seed=args.seed)
     train = tokenize_examples(
-        load_examples("math", split="train", num_examples=1000, seed=args.seed),
+        load_examples("math", split="train", num_examples=args.train_examples, seed=args.seed),
         tokenizer,
         max_length=args.max_length,
     )

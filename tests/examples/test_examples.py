@@ -20,6 +20,8 @@ EXAMPLES = ROOT / "examples"
 # Short generation keeps the before/after accuracy scoring of a random tiny model fast.
 FAST = ("--model", "tiny-llama", "--steps", "2", "--threads", "1")
 GENERATION = ("--eval-examples", "2", "--max-new-tokens", "8")
+# Enough for the few steps the tests train (tokenising the default 1,000 costs ~2 s a run).
+SMALL = ("--train-examples", "32")
 
 
 def run_example(name: str, *args: str, cwd: Path) -> str:
@@ -62,7 +64,7 @@ def test_analyse_norm_skew_writes_norms_skew_table_and_figure(skew_run):
 def test_custom_policy_derives_saves_and_trains_from_analysed_norms(skew_run, tmp_path):
     norms = skew_run[0] / "norms.csv"
     args = ("--norms", str(norms), "--kind", "delta", *GENERATION, "--out", str(tmp_path))
-    stdout = run_example("custom_policy.py", *FAST, *args, cwd=tmp_path)
+    stdout = run_example("custom_policy.py", *FAST, *SMALL, *args, cwd=tmp_path)
     policy = json.loads((tmp_path / "policy.json").read_text())
     assert policy["gamma"] == 2
     assert sum(policy["inclusion_probabilities"]) == pytest.approx(2.0)
@@ -78,7 +80,7 @@ def test_custom_policy_derives_saves_and_trains_from_analysed_norms(skew_run, tm
 
 def test_custom_sampler_is_exact_and_trains_by_name(tmp_path):
     args = ("--draws", "4000", *GENERATION, "--out", str(tmp_path))
-    stdout = run_example("custom_sampler.py", *FAST, *args, cwd=tmp_path)
+    stdout = run_example("custom_sampler.py", *FAST, *SMALL, *args, cwd=tmp_path)
     # tiny-llama: 4 blocks, top = 1 anchor block, so block 3 is in every draw.
     difference = re.search(r"max \|exact - enumerated\| = (\S+);", stdout)
     assert difference is not None and float(difference.group(1)) < 1e-12
@@ -92,7 +94,7 @@ def test_custom_sampler_is_exact_and_trains_by_name(tmp_path):
 
 def test_trainer_lisa_logs_active_blocks_and_holds_active_state_only(tmp_path):
     args = ("--eval-examples", "2", "--out", str(tmp_path))
-    stdout = run_example("trainer_lisa.py", *FAST, *args, cwd=tmp_path)
+    stdout = run_example("trainer_lisa.py", *FAST, *SMALL, *args, cwd=tmp_path)
     logs = pd.read_csv(tmp_path / "log_history.csv")
     steps = logs[logs["loss"].notna()]
     assert steps["step"].tolist() == [1, 2]
@@ -109,7 +111,7 @@ def test_trainer_lisa_logs_active_blocks_and_holds_active_state_only(tmp_path):
 
 def test_plain_loop_lisa_holds_exactly_the_minimum_state(tmp_path):
     args = ("--steps", "6", "--interval", "2", "--eval-examples", "2", "--out", str(tmp_path))
-    stdout = run_example("plain_loop_lisa.py", *FAST, *args, cwd=tmp_path)
+    stdout = run_example("plain_loop_lisa.py", *FAST, *SMALL, *args, cwd=tmp_path)
     assert "(exactly that)" in stdout
     ft = pd.read_csv(tmp_path / "memory_ft.csv").set_index("group")
     lisa = pd.read_csv(tmp_path / "memory_lisa.csv").set_index("group")
@@ -120,7 +122,7 @@ def test_plain_loop_lisa_holds_exactly_the_minimum_state(tmp_path):
 
 def test_compare_methods_prints_one_row_per_method(tmp_path):
     stdout = run_example(
-        "compare_methods.py", *FAST, *GENERATION, "--out", str(tmp_path), cwd=tmp_path
+        "compare_methods.py", *FAST, *SMALL, *GENERATION, "--out", str(tmp_path), cwd=tmp_path
     )
     table = pd.read_csv(tmp_path / "comparison.csv").set_index("method")
     assert table.index.tolist() == ["lisa", "lora", "ft"]
