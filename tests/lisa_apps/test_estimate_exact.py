@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import warnings
 
 import pytest
 import torch
@@ -186,24 +185,20 @@ def smollm2():
 
 
 # The tiny models cover every precision; on SmolLM2 (the shipped config against the real model,
-# real sizes) one precision keeps the check cheap: bf16, whose LoRA adapters are float32 and whose
-# BAdam keeps float32 master copies, so it mixes both dtypes.
+# real sizes) one precision keeps the check cheap: bf16, whose LoRA adapters are float32, so it
+# mixes both dtypes.
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_estimate_equals_memory_report_on_smollm2(smollm2, precision):
-    """One step per method at 1 x 16 tokens (LISA and BAdam: two, so each has switched)."""
+    """One step per method at 1 x 16 tokens (LISA: two, so it has switched)."""
     from lisa_apps.estimate.configs import resolve_config
 
     config = resolve_config("smollm2-135m").config  # the shipped JSON, not the loaded model's
+    # BAdam's accounting is checked on the tiny models in every precision above; here the real
+    # dimensions matter, which FT, LoRA and LISA cover (BAdam would add 8 s).
     setups = [Setup("ft", precision), Setup("lora", precision), Setup("lisa", precision)]
-    if BADAM_INSTALLED:
-        setups.append(Setup("badam", precision))
     rows = estimate(config, setups)
     for setup, row in zip(setups, rows, strict=True):
-        steps = {"lisa": 2, "badam": 2}.get(setup.method, 1)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="BAdam expect model", category=UserWarning)
-            measured = measure_run(
-                copy.deepcopy(smollm2), setup, steps=steps, vocab=config.vocab_size
-            )
+        steps = {"lisa": 2}.get(setup.method, 1)
+        measured = measure_run(copy.deepcopy(smollm2), setup, steps=steps, vocab=config.vocab_size)
         for key in (*EXACT_KEYS, "master_weight_bytes"):
             assert measured[key] == row[key], (setup.label, key)
