@@ -110,7 +110,10 @@ def test_demo_fsdp2_under_torchrun_writes_one_set_of_results(fsdp2_demo):
     assert stdout.count("== held-out") == 1 and stdout.count("[3/3]") == 1
 
 
-@pytest.mark.numerics
+# Not marked numerics (not rerun under each CPU kernel set): the bound allows a first-step relative
+# difference of FIRST_LOSS_RTOL (9.8e-4), orders of magnitude above what another kernel set's
+# rounding gives, and is looser at later steps; the kernel-sensitive comparison of this loop is
+# tests/lisa/test_distributed.py's, which is rerun.
 def test_demo_fsdp2_fine_tune_equals_one_process_of_the_same_loop(fsdp2_demo):
     out, _ = fsdp2_demo
     policy = SamplingPolicy.from_json(out / "diagnose" / "policy.json")

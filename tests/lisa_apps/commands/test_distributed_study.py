@@ -62,7 +62,10 @@ def test_study_ddp_under_torchrun_resumes_and_writes_one_set_of_results(ddp_stud
     assert (two / "summary.csv").is_file() and (two / "loss.png").is_file()
 
 
-@pytest.mark.numerics
+# Not marked numerics (not rerun under each CPU kernel set): the bound allows a first-step relative
+# difference of FIRST_LOSS_RTOL (9.8e-4), orders of magnitude above what another kernel set's
+# rounding gives, and is looser at later steps; the kernel-sensitive comparison of this loop is
+# tests/lisa/test_distributed.py's, which is rerun.
 def test_study_ddp_run_equals_the_one_process_run(ddp_study):
     one, two, last, _ = ddp_study
     history = {
