@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from lisa.config import LisaConfig
+from lisa_apps.commands.arguments import positive_int
 from lisa_apps.data import load_examples
 from lisa_apps.models import DEFAULT_MODEL, load_model
 from lisa_apps.outputs import RunFolder
@@ -45,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=5, help="LISA: steps per period K")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
-    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
+    parser.add_argument("--train-examples", type=positive_int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out problems scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"

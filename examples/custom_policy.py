@@ -42,6 +42,7 @@ from diagnostics.plots import plot_inclusion_frequencies, plot_policy
 from diagnostics.policy import SamplingPolicy, derive_policy
 from diagnostics.recorder import load_norms
 from lisa.samplers import inclusion_probabilities_from_scores
+from lisa_apps.commands.arguments import positive_int
 from lisa_apps.data import load_examples
 from lisa_apps.models import DEFAULT_MODEL, inspect_model, load_model, load_tokenizer
 from lisa_apps.outputs import RunFolder
@@ -70,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--use", choices=("paper", "tuned", "edited"), default="tuned")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
-    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
+    parser.add_argument("--train-examples", type=positive_int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out examples scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"

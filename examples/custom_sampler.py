@@ -38,6 +38,7 @@ from diagnostics.policy import SamplingPolicy
 from lisa.config import LisaConfig
 from lisa.layers import LayerMap, block_group
 from lisa.samplers import Sampler, make_sampler, register_sampler
+from lisa_apps.commands.arguments import positive_int
 from lisa_apps.data import load_examples
 from lisa_apps.models import DEFAULT_MODEL, load_model
 from lisa_apps.outputs import RunFolder
@@ -108,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=int, default=5, help="steps per period K")
     parser.add_argument("--draws", type=int, default=20_000, help="seeded draws for the check")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
-    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
+    parser.add_argument("--train-examples", type=positive_int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=16, help="held-out examples scored")
     parser.add_argument(
         "--max-new-tokens", type=int, default=96, help="generation budget per answer"

@@ -35,6 +35,7 @@ import torch
 from lisa import Lisa, LisaConfig
 from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa.memory import memory_report, minimum_optimizer_state_bytes
+from lisa_apps.commands.arguments import positive_int
 from lisa_apps.data import DataCollator, load_examples, tokenize_examples
 from lisa_apps.models import DEFAULT_MODEL, load_model
 from lisa_apps.outputs import RunFolder
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATES["lisa"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
-    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
+    parser.add_argument("--train-examples", type=positive_int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=32, help="held-out examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see below)")

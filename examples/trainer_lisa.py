@@ -33,6 +33,7 @@ from lisa.callback import LisaCallback
 from lisa.config import LisaConfig
 from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa.memory import memory_report
+from lisa_apps.commands.arguments import positive_int
 from lisa_apps.data import DataCollator, load_examples, tokenize_examples
 from lisa_apps.models import DEFAULT_MODEL, load_model
 from lisa_apps.outputs import RunFolder
@@ -55,7 +56,7 @@ def parse_args() -> argparse.Namespace:
         "--save-steps", type=int, default=0, help="checkpoint every n steps (0: none)"
     )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example")
-    parser.add_argument("--train-examples", type=int, default=1000, help="generated training problems")
+    parser.add_argument("--train-examples", type=positive_int, default=1000, help="generated training problems")
     parser.add_argument("--eval-examples", type=int, default=32, help="held-out examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see below)")
