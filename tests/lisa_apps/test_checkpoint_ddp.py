@@ -27,6 +27,7 @@ from lisa_apps.training.checkpoints import latest_checkpoint
 from tests.lisa_apps.commands.test_distributed_commands import (
     WORLD,
     _one_set_of_results,
+    kill_torchrun,
     torchrun,
     torchrun_command,
 )
@@ -94,12 +95,7 @@ def _kill_during_step(launcher, markers, out) -> None:
             _, error = process.communicate()
             pytest.fail(f"the run did not reach step {STOP_AT + 1}: {error.decode()[-3000:]}")
         time.sleep(0.2)
-    # torchrun starts each rank in a session of its own: kill the ranks and torchrun's group.
-    for path in waiting:
-        os.kill(int(path.read_text()), signal.SIGKILL)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
+    kill_torchrun(process, [int(path.read_text()) for path in waiting])
 
 
 @pytest.fixture(scope="module")

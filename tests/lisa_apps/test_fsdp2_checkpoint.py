@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ import torch
 from lisa_apps.cli import main
 from lisa_apps.outputs import MANIFEST
 from lisa_apps.training.checkpoints import latest_checkpoint
-from tests.lisa_apps.commands.test_distributed_commands import WORLD
+from tests.lisa_apps.commands.test_distributed_commands import WORLD, kill_torchrun
 
 TRAIN = [
     "train", "--distributed", "fsdp2", "--model", "tiny-llama", "--steps", "4",
@@ -94,14 +93,6 @@ def _finished(process: subprocess.Popen) -> None:
     assert process.returncode == 0, stderr[-4000:]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
-    except FileNotFoundError:
-        return True
-
-
 def _kill_when_every_rank_is_in(process: subprocess.Popen, steps_dir: Path, step: int) -> None:
     """SIGKILL the whole run once every rank has recorded ``step``: torchrun's process group,
     and each rank's, since torchrun starts every rank in a session of its own."""
@@ -110,16 +101,7 @@ def _kill_when_every_rank_is_in(process: subprocess.Popen, steps_dir: Path, step
         assert process.poll() is None, process.communicate()[1][-4000:]
         assert time.monotonic() < deadline, "the run never reached the step to kill it in"
         time.sleep(0.05)
-    pids = [ranks[-1]["pid"] for ranks in _recorded(steps_dir)]
-    os.killpg(process.pid, signal.SIGKILL)
-    for pid in pids:
-        os.killpg(pid, signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 60
-    while not all(_gone(pid) for pid in pids):
-        assert time.monotonic() < deadline, "a rank outlived its SIGKILL"
-        time.sleep(0.05)
+    kill_torchrun(process, [ranks[-1]["pid"] for ranks in _recorded(steps_dir)])
 
 
 def _dcp_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:

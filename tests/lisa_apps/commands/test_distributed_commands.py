@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -78,6 +80,29 @@ def torchrun(
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+def kill_torchrun(process: subprocess.Popen, rank_pids: list[int]) -> None:
+    """SIGKILL a torchrun run started with ``start_new_session=True``: torchrun's process group
+    and each rank's, since torchrun starts every rank in a session of its own; return once every
+    rank is gone."""
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in rank_pids:
+        os.killpg(pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in rank_pids):
+        assert time.monotonic() < deadline, "a rank outlived its SIGKILL"
+        time.sleep(0.05)
 
 
 def _one_set_of_results(out: Path) -> dict:
