@@ -4,7 +4,8 @@ Writes into --out: runs.csv (one row per finished run), summary.csv (per variant
 rate: mean, standard deviation and 95% t interval over seeds, paired difference to uniform
 LISA), loss.png, policies/ (the policy of each score source) and runs/RUN_ID/ (each run's
 files); with --eval-every N also curves.csv (test loss every N steps of each run),
-summary_curves.csv (the same statistics per step) and curves.png. The same command run again resumes: finished runs are not trained again.
+summary_curves.csv (the same statistics per step), summary_time.csv (at equal wall time) and
+curves.png. The same command run again resumes: finished runs are not trained again.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument(
         "--eval-every", type=positive_int, default=None,
         help="also score each run's test loss every N steps: curves.csv, summary_curves.csv, "
-        "curves.png (default: at the end only)",
+        "summary_time.csv, curves.png (default: at the end only)",
     )  # fmt: skip
     training = parser.add_argument_group("training and scoring")
     training.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)

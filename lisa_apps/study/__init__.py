@@ -14,6 +14,7 @@ from lisa_apps.study.runner import (
     run_study,
     summarise,
     summarise_curves,
+    summarise_curves_at_time,
 )
 from lisa_apps.study.settings import EH_CHOICES, POLICY_NAMES, StudySettings, Variant
 from lisa_apps.study.statistics import mean_interval, paired_difference
@@ -33,4 +34,5 @@ __all__ = [
     "run_study",
     "summarise",
     "summarise_curves",
+    "summarise_curves_at_time",
 ]

@@ -57,12 +57,19 @@ def plot_study(runs: pd.DataFrame, summary: pd.DataFrame, path: str | os.PathLik
     return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def plot_curves(curve_summary: pd.DataFrame, path: str | os.PathLike) -> Path:
+def plot_curves(
+    curve_summary: pd.DataFrame, path: str | os.PathLike, summary: pd.DataFrame | None = None
+) -> Path:
     """Held-out loss against the step, one line per variant (mean over seeds, t interval band).
+
+    With ``summary`` (summary.csv rows, for each variant's mean ``seconds_per_step_mean``) a
+    second panel draws the same means against the wall time of training, step times seconds
+    per step: the equal-time view (``summary_time.csv`` holds its paired statistics).
 
     Args:
         curve_summary: summary_curves.csv rows.
         path: the PNG to write (atomically).
+        summary: summary.csv rows, or None for the step panel only.
 
     Returns:
         The path written.
@@ -74,18 +81,28 @@ def plot_curves(curve_summary: pd.DataFrame, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    per_step = {}
+    if summary is not None and "seconds_per_step_mean" in summary:
+        per_step = dict(zip(summary["variant"].astype(str), summary["seconds_per_step_mean"], strict=True))
+    panels = 2 if per_step else 1
+    figure, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 4.5), squeeze=False)
     for number, (variant, frame) in enumerate(curve_summary.groupby("variant", sort=False)):
         color = f"C{number % 10}"
-        axis.plot(frame["step"], frame["eval_loss_mean"], marker="o", ms=3, color=color,
-                  label=f"{variant} (lr {frame['learning_rate'].iloc[0]:g})")  # fmt: skip
-        if frame["eval_loss_low"].notna().any():
-            axis.fill_between(frame["step"], frame["eval_loss_low"], frame["eval_loss_high"],
-                              color=color, alpha=0.15, linewidth=0)  # fmt: skip
-    axis.set_xlabel("step")
-    axis.set_ylabel("held-out loss (mean over seeds; band: 95% t interval)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small")
+        label = f"{variant} (lr {frame['learning_rate'].iloc[0]:g})"
+        xs = [("step", frame["step"])]
+        if per_step:
+            xs.append(("training seconds (step x mean s/step)",
+                       frame["step"] * per_step.get(str(variant), float("nan"))))  # fmt: skip
+        for axis, (_, x) in zip(axes[0], xs, strict=True):
+            axis.plot(x, frame["eval_loss_mean"], marker="o", ms=3, color=color, label=label)
+            if frame["eval_loss_low"].notna().any():
+                axis.fill_between(x, frame["eval_loss_low"], frame["eval_loss_high"],
+                                  color=color, alpha=0.15, linewidth=0)  # fmt: skip
+    for axis, name in zip(axes[0], ["step", "training seconds (step x mean s/step)"], strict=False):
+        axis.set_xlabel(name)
+        axis.set_ylabel("held-out loss (mean over seeds; band: 95% t interval)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)

@@ -11,8 +11,9 @@ the validation split is carved from the training data, and the test split is nev
 choose anything. ``summary.csv`` reports, per variant at its chosen rate, the test scores over
 seeds and the paired difference to the reference LISA variant.
 With ``eval_every``, each run also scores its test loss every N steps: ``curves.csv`` holds one
-row per (run, step) and ``summary_curves.csv`` the same statistics per variant per step
-(``curves.png`` draws them).
+row per (run, step), ``summary_curves.csv`` the same statistics per variant per step and
+``summary_time.csv`` each variant against the reference at equal wall time
+(:func:`summarise_curves_at_time`; ``curves.png`` draws both views).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lisa_apps.study.folder import StudyFolder
@@ -37,6 +39,7 @@ from lisa_apps.study.statistics import mean_interval, paired_difference
 __all__ = [
     "CURVE_COLUMNS", "RUN_COLUMNS", "StudyResult", "choose_rates", "run_study", "summarise",
     "summarise_curves",
+    "summarise_curves_at_time",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -258,6 +261,92 @@ def summarise_curves(
     return pd.DataFrame(rows, columns=columns)
 
 
+def summarise_curves_at_time(
+    curves: pd.DataFrame,
+    runs: pd.DataFrame,
+    chosen_rates: dict[str, float],
+    reference: str,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Each variant against ``reference`` at equal wall time, from the curves and the step times.
+
+    A run's evaluation at step k happened ``k * seconds_per_step`` seconds into its training
+    (its own ``seconds_per_step`` from runs.csv, measured in the study's process). At each of
+    the reference's evaluation points, of seed s, at time t, a variant's held-out loss is its
+    own curve of seed s read at t: linear interpolation in time between its two evaluations
+    around t, or missing where t lies before its first evaluation or after its last (the run
+    had not scored by then, or had finished earlier: no point of it is extrapolated). The
+    statistics are then those of :func:`summarise_curves`, paired by seed at the same time.
+
+    Columns: ``variant``, ``learning_rate``, ``reference_step`` (the reference's step k),
+    ``seconds_mean`` (t over the seeds), ``variant_step_mean`` (the step the variant had
+    reached at t), ``num_seeds``, ``eval_loss_mean``, ``_std``, ``_low``, ``_high``,
+    ``loss_diff_mean``, ``loss_diff_low``, ``loss_diff_high``, ``num_pairs``.
+
+    Example:
+        >>> curves = pd.DataFrame({"variant": ["ref", "ref", "fast", "fast"], "seed": [0] * 4,
+        ...     "learning_rate": [1.0] * 4, "step": [10, 20, 10, 20],
+        ...     "eval_loss": [2.0, 1.0, 1.6, 0.6], "run_id": ["r", "r", "f", "f"]})
+        >>> runs = pd.DataFrame({"run_id": ["r", "f"], "seconds_per_step": [2.0, 1.0]})
+        >>> at = summarise_curves_at_time(curves, runs, {"ref": 1.0, "fast": 1.0}, "ref")
+        >>> at[["variant", "reference_step", "variant_step_mean", "eval_loss_mean"]].values.tolist()
+        [['ref', 10, 10.0, 2.0], ['ref', 20, 20.0, 1.0], ['fast', 10, 20.0, 0.6], ['fast', 20, nan, nan]]
+    """
+    columns = ["variant", "learning_rate", "reference_step", "seconds_mean", "variant_step_mean",
+               "num_seeds", "eval_loss_mean", "eval_loss_std", "eval_loss_low", "eval_loss_high",
+               "loss_diff_mean", "loss_diff_low", "loss_diff_high", "num_pairs"]  # fmt: skip
+    seconds = dict(zip(runs["run_id"].astype(str), runs["seconds_per_step"].astype(float), strict=True))
+    chosen = {
+        str(variant): curves[(curves["variant"] == variant) & (curves["learning_rate"] == rate)]
+        for variant, rate in chosen_rates.items()
+    }
+    if reference not in chosen or not len(chosen[reference]):
+        return pd.DataFrame(columns=columns)
+
+    def timeline(frame: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+        """seed -> (steps, losses, seconds per step) of one variant's curves."""
+        out = {}
+        for seed, run in frame.groupby("seed"):
+            run = run.sort_values("step")
+            per_step = seconds.get(str(run["run_id"].iloc[0]), math.nan)
+            steps = run["step"].to_numpy(dtype=np.float64)
+            out[int(seed)] = (steps, run["eval_loss"].to_numpy(dtype=np.float64), per_step)
+        return out
+
+    ref_lines = timeline(chosen[reference])
+    ref_steps = sorted({int(k) for k in chosen[reference]["step"]})
+    rows = []
+    for variant, frame in chosen.items():
+        lines = timeline(frame)
+        for k in ref_steps:
+            values, references, times, reached = {}, {}, [], []
+            for seed, (ref_steps_of_seed, ref_losses, ref_per_step) in ref_lines.items():
+                at = np.flatnonzero(ref_steps_of_seed == k)
+                if not len(at) or seed not in lines:
+                    continue
+                t = k * ref_per_step
+                references[seed] = float(ref_losses[at[0]])
+                times.append(t)
+                own_steps, own_losses, own_per_step = lines[seed]
+                own_times = own_steps * own_per_step
+                inside = len(own_times) and own_times[0] <= t <= own_times[-1]
+                values[seed] = float(np.interp(t, own_times, own_losses)) if inside else math.nan
+                if inside:
+                    reached.append(t / own_per_step)
+            stats = mean_interval(list(values.values()), confidence)
+            diff = paired_difference(values, references, confidence)
+            rows.append({
+                "variant": variant, "learning_rate": chosen_rates[variant], "reference_step": k,
+                "seconds_mean": float(np.mean(times)) if times else math.nan,
+                "variant_step_mean": float(np.mean(reached)) if reached else math.nan,
+                "num_seeds": stats["n"],
+                **{f"eval_loss_{key}": stats[key] for key in ("mean", "std", "low", "high")},
+                "loss_diff_mean": diff["mean"], "loss_diff_low": diff["low"],
+                "loss_diff_high": diff["high"], "num_pairs": diff["n"],
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _read_curves(folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
     """The curves of the finished runs, from each run's ``curve.csv`` (in runs.csv order)."""
     frames = []
@@ -387,6 +476,9 @@ def run_study(
             if settings.eval_every is not None:
                 folder.write_text("curves.csv", curves.to_csv(index=False))
                 folder.write_text("summary_curves.csv", curve_summary.to_csv(index=False))
+                if reference is not None:
+                    at_time = summarise_curves_at_time(curves, rows, chosen, reference)
+                    folder.write_text("summary_time.csv", at_time.to_csv(index=False))
             return curves, curve_summary
 
         train_all(tuning)
@@ -407,13 +499,15 @@ def run_study(
         curves, curve_summary = write_curves(chosen)
         if settings.eval_every is not None:
             files += ["curves.csv", "summary_curves.csv"]
+            if reference is not None:
+                files.append("summary_time.csv")
         if plot and len(summary):
             from lisa_apps.study.plot import plot_curves, plot_study
 
             plot_study(rows, summary, folder.file("loss.png"))
             files.append("loss.png")
             if len(curve_summary):
-                plot_curves(curve_summary, folder.file("curves.png"))
+                plot_curves(curve_summary, folder.file("curves.png"), summary)
                 files.append("curves.png")
     return StudyResult(rows, summary, chosen, trained, files, curves, curve_summary)
 

@@ -8,10 +8,20 @@ import pytest
 from scipy import stats
 
 import lisa_apps.study.runner as runner_module
+from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa_apps.data import make_math_problems
 from lisa_apps.models import load_model
-from lisa_apps.study import CURVE_COLUMNS, StudyFolder, StudySettings, run_study, summarise_curves
+from lisa_apps.study import (
+    CURVE_COLUMNS,
+    StudyFolder,
+    StudySettings,
+    run_study,
+    summarise_curves,
+    summarise_curves_at_time,
+)
 from lisa_apps.training import FinetuneConfig, finetune
+
+LISA_LR, LORA_LR = DEFAULT_LEARNING_RATES["lisa"], DEFAULT_LEARNING_RATES["lora"]
 
 TINY = dict(model="tiny-llama", steps=4, batch_size=2, max_length=128, train_examples=12,
             val_examples=4, test_examples=4, accuracy_examples=0, max_new_tokens=4,
@@ -81,6 +91,57 @@ def test_curve_summary_per_step_matches_scipy_t_interval_and_ttest_rel():
     assert summarise_curves(curves, chosen, None)["loss_diff_mean"].isna().all()
 
 
+def test_equal_time_comparison_reads_each_curve_at_the_reference_times_and_never_extrapolates():
+    rng = np.random.default_rng(1)
+    curves, runs = [], []
+    # Seconds per step of each variant and seed (seed-to-seed jitter, as measured runs have).
+    speed = {"lisa-uniform": 1.0, "slow": 1.5, "fast": 0.5}
+    for variant, per_step in speed.items():
+        for seed in range(4):
+            run_id = f"{variant}-{seed}"
+            runs.append({"run_id": run_id, "seconds_per_step": per_step * (1 + 0.01 * seed)})
+            for step in (10, 20, 30):
+                curves.append({"run_id": run_id, "variant": variant, "seed": seed,
+                               "learning_rate": 1e-4, "step": step,
+                               "eval_loss": 2.0 - step / 30 + rng.normal(0, 0.05)})  # fmt: skip
+    curves, runs = pd.DataFrame(curves), pd.DataFrame(runs)
+    chosen = {name: 1e-4 for name in speed}
+    summary = summarise_curves_at_time(curves, runs, chosen, "lisa-uniform")
+    per_step = runs.set_index("run_id")["seconds_per_step"]
+
+    def loss(variant, seed, step):
+        frame = curves[(curves["run_id"] == f"{variant}-{seed}") & (curves["step"] == step)]
+        return float(frame["eval_loss"].iloc[0])
+
+    for _, row in summary.iterrows():
+        k, variant = int(row["reference_step"]), row["variant"]
+        expected, reference, reached = [], [], []
+        for seed in range(4):
+            t = k * per_step[f"lisa-uniform-{seed}"]
+            own = per_step[f"{variant}-{seed}"]
+            times = [10 * own, 20 * own, 30 * own]
+            if times[0] <= t <= times[-1]:  # inside the run's own evaluations: interpolate
+                expected.append(np.interp(t, times, [loss(variant, seed, s) for s in (10, 20, 30)]))
+                reference.append(loss("lisa-uniform", seed, k))
+                reached.append(t / own)
+        assert row["num_seeds"] == row["num_pairs"] == len(expected)
+        if not expected:  # the slow runs had not scored at 10 s; the fast ones had ended by 20 s
+            assert (variant, k) in {("slow", 10), ("fast", 20), ("fast", 30)}
+            assert np.isnan(row["eval_loss_mean"]) and np.isnan(row["loss_diff_mean"])
+            continue
+        assert row["eval_loss_mean"] == pytest.approx(np.mean(expected), rel=1e-12)
+        assert row["variant_step_mean"] == pytest.approx(np.mean(reached), rel=1e-12)
+        if variant == "lisa-uniform":
+            assert row["loss_diff_mean"] == 0.0 and row["variant_step_mean"] == k
+            continue
+        ci = stats.ttest_rel(expected, reference).confidence_interval(0.95)
+        assert row["loss_diff_mean"] == pytest.approx(np.mean(np.subtract(expected, reference)), rel=1e-12)
+        assert (row["loss_diff_low"], row["loss_diff_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # slow: 20 and 30 s of LISA's time are slow's steps ~13.3 and 20; fast: 10 s is its step 20.
+    assert summary[summary["variant"] == "slow"]["num_pairs"].tolist() == [0, 4, 4]
+    assert summary[summary["variant"] == "fast"]["num_pairs"].tolist() == [4, 0, 0]
+
+
 def test_a_resumed_study_keeps_the_curves_of_finished_runs(tmp_path, monkeypatch):
     settings = StudySettings(methods=("lisa",), seeds=2, lr_factors=(1.0,), eval_every=2,
                              lr_scheduler="cosine", warmup_ratio=0.25, **TINY)  # fmt: skip
@@ -98,7 +159,7 @@ def test_a_resumed_study_keeps_the_curves_of_finished_runs(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_study(settings, StudyFolder(out, settings.to_dict()).check(), log=lambda _: None)
     first = pd.read_csv(out / "curves.csv")
-    assert first["run_id"].unique().tolist() == ["lisa-uniform-lr0.0004-seed0"]
+    assert first["run_id"].unique().tolist() == [f"lisa-uniform-lr{LISA_LR:g}-seed0"]
     monkeypatch.setattr(runner_module, "_train_one", real)
     result = run_study(settings, StudyFolder(out, settings.to_dict()).check(), log=lambda _: None)
     curves = pd.read_csv(out / "curves.csv")
@@ -110,11 +171,15 @@ def test_a_resumed_study_keeps_the_curves_of_finished_runs(tmp_path, monkeypatch
     assert last.to_numpy() == pytest.approx(result.runs.set_index("run_id").loc[last.index, "test_loss"].to_numpy(), rel=1e-6)
     summary = pd.read_csv(out / "summary_curves.csv")
     assert summary["step"].tolist() == [2, 4] and (summary["num_seeds"] == 2).all()
-    assert {"curves.csv", "summary_curves.csv", "curves.png"} <= set(result.files)
+    assert {"curves.csv", "summary_curves.csv", "summary_time.csv", "curves.png"} <= set(result.files)
+    # One method: the reference against itself at equal time is the per-step curve.
+    at_time = pd.read_csv(out / "summary_time.csv")
+    assert at_time["variant_step_mean"].tolist() == [2.0, 4.0]
+    assert at_time["eval_loss_mean"].to_numpy() == pytest.approx(summary["eval_loss_mean"].to_numpy(), rel=1e-12)
     # The schedule is part of the study's settings: another one is refused on resume.
     changed = StudySettings(methods=("lisa",), seeds=2, lr_factors=(1.0,), eval_every=2,
                             lr_scheduler="linear", warmup_ratio=0.25, **TINY)  # fmt: skip
     with pytest.raises(Exception, match="other settings \\(lr_scheduler"):
         StudyFolder(out, changed.to_dict()).check()
-    logged = (out / "runs" / "lisa-uniform-lr0.0004-seed1" / "metrics.json").read_text()
+    logged = (out / "runs" / f"lisa-uniform-lr{LISA_LR:g}-seed1" / "metrics.json").read_text()
     assert '"lr_scheduler": "cosine"' in logged
