@@ -59,6 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         DEFAULT_INTERVAL,
         DEFAULT_LEARNING_RATES,
         DEFAULT_LORA_RANK,
+        DEFAULT_LR_SCHEDULER,
+        DEFAULT_WARMUP_RATIO,
     )
     from lisa_apps.models import DEFAULT_MODEL
     from lisa_apps.training import METHODS
@@ -181,9 +183,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     schedule = parser.add_argument_group("schedule (each as transformers.Trainer means it)")
     schedule.add_argument(
         "--lr-scheduler",
-        default="constant",
-        help="a transformers scheduler: linear, cosine, constant_with_warmup, ... (default "
-        "constant)",
+        default=None,
+        help="a transformers scheduler: linear, cosine, constant_with_warmup, constant, ... "
+        f"(default {DEFAULT_LR_SCHEDULER})",
     )
     schedule.add_argument(
         "--warmup-steps", type=nonnegative_int, default=0, help="linear warm-up steps"
@@ -191,8 +193,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     schedule.add_argument(
         "--warmup-ratio",
         type=nonnegative_float,
-        default=0.0,
-        help="warm-up as a fraction of the steps, in [0, 1) (instead of --warmup-steps)",
+        default=None,
+        help="warm-up as a fraction of the steps, in [0, 1) (instead of --warmup-steps; default "
+        f"{DEFAULT_WARMUP_RATIO:g}, none with --warmup-steps or --lr-scheduler constant)",
     )
     schedule.add_argument(
         "--grad-accum",
@@ -356,7 +359,7 @@ def _check_schedule(args: argparse.Namespace) -> None:
         raise ValueError(
             "--warmup-steps and --warmup-ratio both set the warm-up; pass one of them"
         )
-    if args.warmup_ratio >= 1:
+    if args.warmup_ratio is not None and args.warmup_ratio >= 1:
         raise ValueError(
             f"--warmup-ratio {args.warmup_ratio:g} is a fraction of the steps; use a number in "
             "[0, 1), or --warmup-steps"
@@ -576,7 +579,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
                 f"lisa train: {args.method} on {model_name}, {len(train_examples)} train / "
                 f"{len(eval_examples)} held-out examples from {args.data!r}, "
                 f"{config.training_steps(len(train_examples))} steps, lr "
-                f"{config.resolved_learning_rate:g} ({args.lr_scheduler}), batch "
+                f"{config.resolved_learning_rate:g} ({config.lr_scheduler}), batch "
                 f"{args.batch_size}{f' x {args.grad_accum}' if args.grad_accum > 1 else ''}, "
                 f"{config.device} ({config.precision})"
                 + (f", {args.distributed}" if args.distributed else "")

@@ -15,6 +15,8 @@ from lisa.defaults import (
     DEFAULT_INTERVAL,
     DEFAULT_LEARNING_RATES,
     DEFAULT_LORA_RANK,
+    DEFAULT_LR_SCHEDULER,
+    DEFAULT_WARMUP_RATIO,
     default_lora_alpha,
 )
 from lisa.validation import check_fraction, check_int, check_positive_float
@@ -72,11 +74,13 @@ class FinetuneConfig:
             attending only to itself (:func:`lisa_apps.data.pack_features`).
         drop_long: drop examples longer than ``max_length`` instead of cutting their end.
         seed: seed for data order, LoRA init and the LISA schedule (unless ``lisa`` sets one).
-        lr_scheduler: a transformers scheduler name (:func:`lr_scheduler_names`);
-            ``"constant"`` (no warm-up) keeps short runs comparable.
+        lr_scheduler: a transformers scheduler name (:func:`lr_scheduler_names`); ``None``
+            takes ``lisa.defaults.DEFAULT_LR_SCHEDULER`` (cosine). ``"constant"`` (no warm-up)
+            keeps short runs comparable.
         warmup_steps: linear warm-up steps (from 0 to the learning rate).
         warmup_ratio: warm-up as a fraction of the steps, ``ceil(steps * ratio)``; give it or
-            ``warmup_steps``, not both.
+            ``warmup_steps``, not both. ``None`` takes ``lisa.defaults.DEFAULT_WARMUP_RATIO``
+            (0.1) for a schedule that warms up, and 0 with ``warmup_steps`` or ``"constant"``.
         grad_accum: micro-batches of ``batch_size`` examples per optimizer step (gradient
             accumulation); a step then takes ``batch_size * grad_accum`` examples.
         weight_decay: AdamW weight decay (not on biases and norm weights, as the Trainer does).
@@ -127,9 +131,9 @@ class FinetuneConfig:
     packing: bool = False
     drop_long: bool = False
     seed: int = 0
-    lr_scheduler: str = "constant"
+    lr_scheduler: str | None = None
     warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    warmup_ratio: float | None = None
     grad_accum: int = 1
     weight_decay: float = 0.0
     lr_embed: float | None = None
@@ -237,6 +241,11 @@ class FinetuneConfig:
         check_int("steps", self.steps, hint="optimizer steps")
 
     def _check_schedule(self) -> None:
+        if self.lr_scheduler is None:
+            object.__setattr__(self, "lr_scheduler", DEFAULT_LR_SCHEDULER)
+        if self.warmup_ratio is None:
+            warms_up = self.lr_scheduler != "constant" and not self.warmup_steps
+            object.__setattr__(self, "warmup_ratio", DEFAULT_WARMUP_RATIO if warms_up else 0.0)
         names = lr_scheduler_names()
         if self.lr_scheduler not in names:
             needs = _SCHEDULERS_NEEDING_MORE.get(self.lr_scheduler)

@@ -3,6 +3,10 @@ in transformers.Trainer and in the plain (FSDP2) loop; bad values are refused na
 
 from __future__ import annotations
 
+import itertools
+import json
+
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -24,7 +28,8 @@ from lisa_apps.training.tracking import TENSORBOARD_FOLDER, TensorBoardWriter
         ({"warmup_steps": -1, "lr_scheduler": "linear"}, "warmup_steps=-1 must be an integer >= 0"),
         ({"warmup_ratio": 1.0, "lr_scheduler": "linear"}, "warmup_ratio=1.0"),
         ({"warmup_steps": 2, "warmup_ratio": 0.1, "lr_scheduler": "linear"}, "give one of them"),
-        ({"warmup_steps": 2}, "use 'constant_with_warmup'"),
+        ({"warmup_steps": 2, "lr_scheduler": "constant"}, "use 'constant_with_warmup'"),
+        ({"warmup_ratio": 0.1, "lr_scheduler": "constant"}, "use 'constant_with_warmup'"),
         ({"lr_scheduler": "cosinus"}, "is not a scheduler; use one of linear, cosine,"),
         ({"lr_scheduler": "reduce_lr_on_plateau"}, "needs an evaluation metric"),
         ({"grad_accum": 0}, "grad_accum=0 must be an integer >= 1"),
@@ -37,6 +42,35 @@ def test_config_refuses_bad_schedule_naming_the_field(fields, message):
     with pytest.raises(ValueError) as caught:
         FinetuneConfig(**fields)
     assert message in str(caught.value)
+
+
+def test_the_default_schedule_is_lisa_defaults_and_a_given_warm_up_or_constant_replaces_its_warm_up():
+    from lisa.defaults import DEFAULT_LR_SCHEDULER, DEFAULT_WARMUP_RATIO
+
+    config = FinetuneConfig()
+    assert (config.lr_scheduler, config.warmup_ratio, config.warmup_steps) == (
+        DEFAULT_LR_SCHEDULER, DEFAULT_WARMUP_RATIO, 0)
+    assert config.warmup(300) == 30 and config.warmup(5) == 1  # ceil, as the Trainer counts
+    # A schedule without warm-up, or a warm-up given in steps, takes no default ratio.
+    assert FinetuneConfig(lr_scheduler="constant").warmup_ratio == 0.0
+    assert FinetuneConfig(warmup_steps=3).warmup(300) == 3
+    assert FinetuneConfig(lr_scheduler="linear").warmup_ratio == DEFAULT_WARMUP_RATIO
+    assert FinetuneConfig(warmup_ratio=0.0).warmup(300) == 0
+
+
+def test_train_runs_the_default_schedule_and_records_it(tmp_path):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "tiny-llama", "--out", str(out), "--steps", "10",
+                     "--batch-size", "2", "--eval-examples", "2", "--no-accuracy",
+                     "--no-save-model", "--max-length", "128", "--train-examples", "20"])  # fmt: skip
+    assert code == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert (settings["lr_scheduler"], settings["warmup_ratio"]) == ("cosine", 0.1)
+    rates = pd.read_csv(out / "log_history.csv")["learning_rate"].dropna().tolist()
+    # One warm-up step (ceil(10 * 0.1)) from 0, then a cosine decay from the peak towards 0.
+    peak = settings["learning_rate"]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(peak)
+    assert all(a > b for a, b in itertools.pairwise(rates[1:]))
 
 
 def test_steps_default_to_sixty_and_epochs_count_as_the_trainer_counts():
@@ -52,7 +86,7 @@ def test_steps_default_to_sixty_and_epochs_count_as_the_trainer_counts():
         (["--steps", "4", "--epochs", "1"], "--steps 4 and --epochs 1 both set the length"),
         (["--warmup-steps", "-2"], "argument --warmup-steps: must be an integer >= 0, got -2"),
         (["--lr-scheduler", "cosinus"], "--lr-scheduler 'cosinus' is not a scheduler; use one of"),
-        (["--warmup-steps", "2"], "--lr-scheduler 'constant' has no warm-up"),
+        (["--warmup-steps", "2", "--lr-scheduler", "constant"], "--lr-scheduler 'constant' has no warm-up"),
         (["--warmup-ratio", "1.5", "--lr-scheduler", "linear"], "--warmup-ratio 1.5 is a fraction"),
         (["--save-total-limit", "2"], "--save-total-limit applies with --save-steps"),
         (["--merge"], "--merge applies to --method lora only"),

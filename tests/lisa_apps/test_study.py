@@ -7,9 +7,12 @@ import pytest
 
 import lisa_apps.study.runner as runner_module
 import lisa_apps.training.runner as training_runner
+from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa_apps.data import DataCollator
 from lisa_apps.outputs import OutputError
 from lisa_apps.study import RUN_COLUMNS, StudyFolder, StudySettings, run_study
+
+LISA_LR, LORA_LR = DEFAULT_LEARNING_RATES["lisa"], DEFAULT_LEARNING_RATES["lora"]
 
 TINY = dict(model="tiny-llama", steps=2, batch_size=2, max_length=128, train_examples=12,
             val_examples=4, test_examples=4, accuracy_examples=2, max_new_tokens=4,
@@ -25,7 +28,7 @@ def test_the_grid_adds_one_uniform_lisa_variant_per_further_knob_value():
                      "lisa-uniform-keep", "lisa-uniform-eh-frozen", "lora-r8", "ft"]  # fmt: skip
     gamma8 = settings.variants()[2]
     assert (gamma8.gamma, gamma8.interval, gamma8.state_policy, gamma8.train_eh) == (8, 5, "drop", True)
-    assert settings.learning_rates(gamma8) == (4e-4, 8e-4)
+    assert settings.learning_rates(gamma8) == (LISA_LR, 2 * LISA_LR)
     with pytest.raises(ValueError, match="tune_seeds=4 is more than seeds=3"):
         StudySettings(tune_seeds=4)
     with pytest.raises(ValueError, match="policies apply to LISA"):
@@ -51,8 +54,8 @@ def test_every_method_sees_the_same_data_order_at_a_seed(tmp_path, monkeypatch):
     result = run_study(settings, StudyFolder(tmp_path / "s", settings.to_dict()).check(),
                        log=lambda _: None, plot=False)  # fmt: skip
     assert result.runs["run_id"].tolist() == [
-        "ft-lr5e-05-seed0", "lora-r8-lr0.001-seed0", "lisa-uniform-lr0.0004-seed0",
-        "ft-lr5e-05-seed1", "lora-r8-lr0.001-seed1", "lisa-uniform-lr0.0004-seed1",
+        "ft-lr5e-05-seed0", f"lora-r8-lr{LORA_LR:g}-seed0", f"lisa-uniform-lr{LISA_LR:g}-seed0",
+        "ft-lr5e-05-seed1", f"lora-r8-lr{LORA_LR:g}-seed1", f"lisa-uniform-lr{LISA_LR:g}-seed1",
     ]  # fmt: skip
     # The data loader may collate one batch ahead; the trained ones are the first `steps`.
     orders = [c.batches[: TINY["steps"]] for c in collators]
@@ -78,7 +81,7 @@ def test_an_interrupted_study_resumes_without_training_finished_runs_again(tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_study(settings, StudyFolder(out, settings.to_dict()).check(), log=lambda _: None)
     first = pd.read_csv(out / "runs.csv")
-    assert first["run_id"].tolist() == ["lisa-uniform-lr0.0004-seed0"]
+    assert first["run_id"].tolist() == [f"lisa-uniform-lr{LISA_LR:g}-seed0"]
     assert '"status": "interrupted"' in (out / "lisa-run.json").read_text()
 
     calls.clear()
@@ -87,7 +90,7 @@ def test_an_interrupted_study_resumes_without_training_finished_runs_again(tmp_p
     folder = StudyFolder(out, settings.to_dict()).check()
     assert folder.resuming
     result = run_study(settings, folder, log=lines.append)
-    assert calls == ["lisa-uniform-lr0.0008-seed0", f"lisa-uniform-lr{result.chosen_rates['lisa-uniform']:g}-seed1"]
+    assert calls == [f"lisa-uniform-lr{2 * LISA_LR:g}-seed0", f"lisa-uniform-lr{result.chosen_rates['lisa-uniform']:g}-seed1"]
     assert result.trained == 2 and len(result.runs) == 3
     assert list(result.runs.columns) == list(RUN_COLUMNS)
     pd.testing.assert_frame_equal(result.runs.iloc[:1], first, check_dtype=False)

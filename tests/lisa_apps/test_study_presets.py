@@ -10,6 +10,8 @@ from lisa.defaults import DEFAULT_LEARNING_RATES
 from lisa_apps.presets import get_preset
 from lisa_apps.study import StudyFolder, StudySettings, run_study
 
+LISA_LR, LORA_LR = DEFAULT_LEARNING_RATES["lisa"], DEFAULT_LEARNING_RATES["lora"]
+
 TINY = dict(model="tiny-llama", steps=2, batch_size=2, max_length=384, train_examples=8,
             val_examples=2, test_examples=3, accuracy_examples=0, max_new_tokens=4,
             device="cpu", precision="float32", seeds=1, lr_factors=(1.0, 2.0))  # fmt: skip
@@ -49,5 +51,5 @@ def test_a_preset_variant_trains_with_its_sampler_schedule_and_frozen_ends(tmp_p
     lisa = config["lisa"]
     assert (lisa["sampler"], lisa["gamma"], lisa["interval"], lisa["state_policy"]) == ("cyclic", 1, 50, "reset")
     assert lisa["train_embeddings"] is False and lisa["train_head"] is False
-    uniform = json.loads((tmp_path / "s" / "runs" / "lisa-uniform-lr0.0004-seed0" / "metrics.json").read_text())
+    uniform = json.loads((tmp_path / "s" / "runs" / f"lisa-uniform-lr{LISA_LR:g}-seed0" / "metrics.json").read_text())
     assert uniform["settings"]["lr_scheduler"] == "constant"
