@@ -5,37 +5,28 @@
 #   scripts/evidence_study.sh 2    # second part: the same studies, resumed where part 1 stopped
 #
 # What it runs: SmolLM2-135M, 3 seeds, 300 steps with the held-out loss every 50, cosine with a
-# 10% warm-up, batch 4, at most 256 tokens, each variant at its rate tuned on the validation
-# split at this length (PLAN below), on the maths problems and on the real-text set
-# (--data pydoc): one `lisa study` per data set, the two side by side, one torch thread each
-# (the machine has 2 cores). A part is a time slice: it runs both studies until they finish or
-# PART_HOURS pass, then interrupts them (Ctrl-C, so each removes its unfinished run); the next
-# part runs the same commands, which keep every finished run and train the rest (docs/study.md,
-# "Files and resumption"). Any part can be run again; a finished study trains nothing more.
+# 10% warm-up, batch 1, at most 256 tokens, each variant at its rate tuned on the validation
+# split at this length (0.5 and 1 times its method's default, on seed 0; seeds 1 and 2 at the
+# chosen rate), on the maths problems and on the real-text set (--data pydoc): one
+# `lisa study` per data set, the two side by side, one torch thread each (the machine has 2
+# cores). A part is a time slice: it runs both studies until they finish or PART_HOURS pass,
+# then interrupts them (Ctrl-C, so each removes its unfinished run); the next part runs the
+# same commands, which keep every finished run and train the rest (docs/study.md, "Files and
+# resumption"). Any part can be run again; a finished study trains nothing more.
 #
 # PLAN (docs/study.md, "Running the evidence study", has the measurements behind it):
-#   Per run (one torch thread, idle machine): 300 steps plus 8 held-out scorings of 32 examples
-#   (~14 s each: the curve's 6 points, the final test loss, the validation loss), greedy answers
-#   to 32 maths problems (~29 s) and loading the weights (~2 s). Seconds per step on the maths
-#   problems: FT 6.3, LoRA r8 4.7, LISA (gamma 2, K 5) 4.9 (docs/results.md section 4, idle);
-#   LoRA r32 ~5.4, LISA gamma 4 ~5.0, owlore (gamma 5) ~5.1, badam (gamma 1, E/H frozen) ~3.3,
-#   LISA with per-group rates 4.9 (3-step runs here under load 5 to 10, scaled to those
-#   figures); the Python-docs pieces are ~1.2 times longer (135 tokens on average against 113).
-#   A run is then 19 to 34 min on maths and 22 to 40 min on pydoc.
-#   Runs per variant and data set: 2 rates (1 and 2 times the default) on seed 0, then seeds
-#   1 and 2 at the chosen rate = 4 (a third rate would make it 5).
-#   The whole grid (FT, LoRA r8, LoRA r32, LISA, LISA per-group, gamma 4, badam, owlore) x 2
-#   data sets x 4 runs: 868 core-minutes on maths + 1,023 on pydoc = 31.5 core-hours, ~17 h on
-#   the 2 cores. ~4 h on 2 cores (one study per core) holds 2 variants: kept are LISA with
-#   today's defaults (the reference of the paired differences) and LoRA r8 (the alternative
-#   it is measured against): maths 4 x (26.9 + 25.9) = 211 min, pydoc 4 x (31.7 + 30.5) =
-#   249 min, plus at most one unfinished run per study redone after the part boundary.
-#   Cut (core-hours each would add, both data sets): FT 4.9, LoRA r32 4.3, LISA gamma 4 4.0,
-#   owlore 4.0, LISA per-group rates 3.9 (--eh-lr-factors 1,0.25: E/H at a quarter of the
-#   swept rate, 1e-4 and 2e-4 for the tied embedding, 28.3M of the 35.4M parameters LISA
-#   trains at a time, where the 150-step study found 4e-4 too high), badam 2.7. LoRA r32
-#   would be a second study (one --lora-rank per study). A variant added later changes the
-#   study's settings, so it goes into a new --out.
+#   A run (one torch thread, the two studies side by side, nothing else on the machine,
+#   2026-12-02): 300 steps, the 6 curve points and the final and validation losses, 32 greedy
+#   maths answers, loading the weights: LISA gamma 2 took 650 s on the maths problems
+#   (1.97 s a step, the curve's scoring included) and 730 s on the Python docs (2.31 s).
+#   4 runs per variant and data set, so a variant costs ~45 min of one core per data set, and
+#   the kept grid of 3 variants (LISA gamma 2 with today's defaults, the reference of the
+#   paired differences; LISA gamma 4; LoRA r8, the alternative) is 12 runs per study: about
+#   2 h 10 min (maths) and 2 h 25 min (pydoc) on its core, so two parts.
+#   Batch 1, not the earlier studies' 4: at batch 4 (4.9 s a step) the same 2 parts hold only
+#   LISA and LoRA. Cut (about 45 min of each core each): FT, LoRA r32 (a second study: one
+#   --lora-rank per study), LISA with per-group rates (--eh-lr-factors 1,0.25), badam and
+#   owlore. A variant added later changes the study's settings, so it goes into a new --out.
 #
 # Environment:
 #   EVIDENCE_OUT     where the studies go (default evidence/): OUT/math, OUT/pydoc, OUT/logs
@@ -44,8 +35,8 @@
 #   EVIDENCE_DRY=1   a check that `lisa study` takes every option here: 2 steps, 1 seed, one
 #                    rate, a few examples, into OUT=/tmp/evidence-dry unless EVIDENCE_OUT is set
 #                    (owlore needs a model of >= 5 blocks: SmolLM2 or a saved tiny one)
-#   EVIDENCE_GRID    kept (default, PLAN) or full (FT, LoRA r8, LISA, LISA per-group rates,
-#                    gamma 4, badam, owlore)
+#   EVIDENCE_GRID    kept (default, PLAN: LISA gamma 2 and 4, LoRA r8) or full (FT, LoRA r8,
+#                    LISA, LISA per-group rates, gamma 4, badam, owlore)
 #   EVIDENCE_PRINT=1 print the two commands, run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,17 +49,16 @@ fi
 lisa="${LISA:-.venv/bin/lisa}"
 model="${EVIDENCE_MODEL:-smollm2-135m}"
 
-# The grid (see PLAN): the variants kept within ~4 h on 2 cores, or EVIDENCE_GRID=full for
-# every variant one study can hold (all but LoRA r32; ~15 h on 2 cores, the pydoc study's
-# 884 min of the whole grid's 1,023).
+# The grid (see PLAN): the variants kept within ~2 h 30 min on 2 cores, or EVIDENCE_GRID=full
+# for every variant one study can hold (all but LoRA r32; about 6 h on 2 cores).
 case "${EVIDENCE_GRID:-kept}" in
-    kept) methods="lisa,lora"; gammas="2"; presets=""; eh_lr_factors="" ;;
+    kept) methods="lisa,lora"; gammas="2,4"; presets=""; eh_lr_factors="" ;;
     full) methods="ft,lora,lisa"; gammas="2,4"; presets="badam,owlore"; eh_lr_factors="1,0.25" ;;
     *) echo "evidence_study.sh: EVIDENCE_GRID=${EVIDENCE_GRID} is not kept or full" >&2; exit 2 ;;
 esac
 # Every run: the schedule, the length, the curve, the rate sweep (tuned on seed 0).
 common=(--model "$model" --methods "$methods" --gammas "$gammas" --lora-rank 8
-        --lr-scheduler cosine --warmup-ratio 0.1 --batch-size 4 --max-length 256
+        --lr-scheduler cosine --warmup-ratio 0.1 --batch-size 1 --max-length 256
         --tune-seeds 1 --threads 1)
 if [[ -n "$presets" ]]; then
     common+=(--presets "$presets")
@@ -83,8 +73,8 @@ if [[ "${EVIDENCE_DRY:-0}" == 1 ]]; then
     accuracy=2
 else
     out="${EVIDENCE_OUT:-evidence}"
-    common+=(--seeds 3 --steps 300 --eval-every 50 --lr-factors 1,2 --train-examples 1000
-             --val-examples 32 --test-examples 32 --max-new-tokens 96)
+    common+=(--seeds 3 --steps 300 --eval-every 50 --lr-factors 0.5,1 --train-examples 1000
+             --val-examples 16 --test-examples 32 --max-new-tokens 96)
     accuracy=32
 fi
 math=("$lisa" study "${common[@]}" --data math --accuracy-examples "$accuracy" --out "$out/math")

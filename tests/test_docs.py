@@ -121,6 +121,57 @@ def test_api_reference_is_current():
     assert actual == expected, "docs/api.md is stale: run .venv/bin/python scripts/gen_api_docs.py"
 
 
+def _evidence_report():
+    spec = importlib.util.spec_from_file_location("evidence_report", ROOT / "scripts" / "evidence_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evidence_tables_are_computed_from_the_evidence_files():
+    # docs/results.md section 7 and docs/training-defaults.md show the evidence study's tables;
+    # both are recomputed here from the study's files in docs/evidence/ with lisa_apps.study.
+    report = _evidence_report()
+    for page, render in report.RENDER.items():
+        assert report.block(page) == render(), (
+            f"the evidence tables of {report.PAGES[page].name} are stale: run "
+            ".venv/bin/python scripts/evidence_report.py --write"
+        )
+
+
+def test_default_rate_is_the_lowest_mean_relative_validation_loss_over_the_data_sets():
+    import pandas as pd
+
+    report = _evidence_report()
+
+    def study(losses):  # seed 0 tunes; seed 1 must not count
+        rows = [{"variant": "lisa-uniform", "seed": 0, "learning_rate": r, "val_loss": v}
+                for r, v in losses.items()]
+        rows.append({"variant": "lisa-uniform", "seed": 1, "learning_rate": 2e-4, "val_loss": 99.0})
+        return {"runs": pd.DataFrame(rows), "settings": {"tune_seeds": 1, "seeds": 3}}
+
+    # One set prefers 2e-4 by 10%, the other 4e-4 by 5%: 2e-4 (mean relative 1.025 < 1.05).
+    studies = {"a": study({2e-4: 1.0, 4e-4: 1.1}), "b": study({2e-4: 2.1, 4e-4: 2.0})}
+    assert report.default_rate(studies, "lisa-uniform") == 2e-4
+    studies["b"] = study({2e-4: 2.5, 4e-4: 2.0})  # now 4e-4 by 25%
+    assert report.default_rate(studies, "lisa-uniform") == 4e-4
+
+
+def test_default_rates_and_schedule_are_what_the_evidence_study_chose():
+    from lisa.defaults import DEFAULT_LEARNING_RATES, DEFAULT_LR_SCHEDULER, DEFAULT_WARMUP_RATIO
+
+    report = _evidence_report()
+    studies = report.load_all()
+    assert set(studies) == {"math", "pydoc"}
+    for study in studies.values():
+        settings = study["settings"]
+        assert (settings["lr_scheduler"], settings["warmup_ratio"]) == (
+            DEFAULT_LR_SCHEDULER, DEFAULT_WARMUP_RATIO)
+        assert settings["steps"] == 300 and settings["seeds"] == 3
+    for variant, method in ((report.BASE, "lisa"), (report.LORA, "lora")):
+        assert report.default_rate(studies, variant) == DEFAULT_LEARNING_RATES[method], variant
+
+
 def _imports(package: str) -> set[tuple[str, str]]:
     """(file, imported top-level package) for every import statement in a package's code."""
     found = set()
@@ -200,6 +251,14 @@ def test_training_defaults_page_matches_the_code():
         "FT": DEFAULT_LEARNING_RATES["ft"],
     }  # fmt: skip
     assert rows["--precision"] == defaults.precision
+    # The schedule: the flags default to None and FinetuneConfig resolves lisa.defaults.
+    from lisa_apps.training import FinetuneConfig
+
+    config = FinetuneConfig(lr_scheduler=defaults.lr_scheduler, warmup_ratio=defaults.warmup_ratio,
+                            warmup_steps=defaults.warmup_steps, weight_decay=defaults.weight_decay)  # fmt: skip
+    assert rows["--lr-scheduler"] == config.lr_scheduler
+    assert float(rows["--warmup-ratio"]) == config.warmup_ratio
+    assert float(rows["--weight-decay"]) == config.weight_decay
 
 
 def test_no_exported_name_is_shadowed_by_a_subpackage():
