@@ -17,6 +17,8 @@ from lisa.defaults import (
     DEFAULT_INTERVAL,
     DEFAULT_LEARNING_RATES,
     DEFAULT_LORA_RANK,
+    DEFAULT_LR_SCHEDULER,
+    DEFAULT_WARMUP_RATIO,
     default_lora_alpha,
 )
 from lisa.distributed import check_model_wrapper, check_same_draw, reshard_model, shard_model
@@ -54,6 +56,8 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_LEARNING_RATES",
     "DEFAULT_LORA_RANK",
+    "DEFAULT_LR_SCHEDULER",
+    "DEFAULT_WARMUP_RATIO",
     "EMBED",
     "EXTRAS",
     "HEAD",
