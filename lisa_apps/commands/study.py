@@ -327,6 +327,10 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         if main_rank
         else None
     )
+    if folder is not None and folder.resuming:
+        from lisa_apps.study.runner import _read_runs, check_resumed_rates
+
+        check_resumed_rates(settings, _read_runs(folder), f"--out {args.out}")
 
     def work() -> int:
         import logging

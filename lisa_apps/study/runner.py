@@ -99,6 +99,34 @@ def _read_runs(folder: StudyFolder | None) -> pd.DataFrame:
     return _with_later_columns(pd.read_csv(path))
 
 
+def check_resumed_rates(settings: StudySettings, finished: pd.DataFrame, where: str = "--out") -> None:
+    """Refuse to resume a study whose finished runs trained at rates its sweep no longer has.
+
+    A variant's sweep is its method's default rate (``lisa.defaults``) times each factor, and
+    a study records the factors. If the default changed since the study began, resuming it
+    would train a different sweep and mix two studies' runs in one folder: refused instead.
+
+    Example:
+        >>> settings = StudySettings(methods=("lisa",), lr_factors=(1.0,))
+        >>> runs = pd.DataFrame({"run_id": ["a"], "variant": ["lisa-uniform"],
+        ...                      "learning_rate": [123.0]})
+        >>> check_resumed_rates(settings, runs)
+        Traceback (most recent call last):
+        ...
+        ValueError: --out holds run a, trained at 123, which the study's sweep no longer has (...
+    """
+    sweeps = {v.name: settings.learning_rates(v) for v in settings.variants()}
+    for _, row in finished.iterrows():
+        sweep = sweeps.get(str(row["variant"]))
+        if sweep is not None and float(row["learning_rate"]) not in sweep:
+            raise ValueError(
+                f"{where} holds run {row['run_id']}, trained at {float(row['learning_rate']):g}, "
+                f"which the study's sweep no longer has ({', '.join(f'{r:g}' for r in sweep)}): "
+                "the method's default rate (lisa.defaults) changed since the study began; finish "
+                "it with the version that began it, or start a new --out"
+            )
+
+
 def _with_later_columns(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs of a study started before a column existed, with that column's value then.
 
@@ -413,6 +441,7 @@ def run_study(
 
     with folder if folder is not None else contextlib.nullcontext():
         finished = _read_runs(folder)
+        check_resumed_rates(settings, finished, str(folder.path) if folder is not None else "--out")
         done = broadcast_from_rank_zero(set(finished["run_id"].astype(str)))
         if folder is not None and folder.resuming and done:
             log(f"resuming {folder.path}: {len(done)} finished runs are kept and not trained again")

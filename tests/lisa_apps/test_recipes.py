@@ -53,13 +53,14 @@ def test_shipped_recipes_exist_and_every_key_is_a_valid_train_option():
 
 def test_recipe_overrides_defaults_and_flags_override_the_recipe(tmp_path):
     recipe = write_recipe(
-        tmp_path, {"steps": 7, "lr-scheduler": "cosine", "warmup_ratio": 0.1, "no_accuracy": True}
+        tmp_path, {"steps": 7, "lr-scheduler": "linear", "warmup_ratio": 0.2, "no_accuracy": True}
     )
     args = parse("train", ["--config", str(recipe), "--out", "x", "--steps", "3"])
     assert (args.steps, args.lr_scheduler, args.warmup_ratio, args.no_accuracy) == (
-        3, "cosine", 0.1, True,
+        3, "linear", 0.2, True,
     )  # fmt: skip
-    assert parse("train", ["--out", "x"]).lr_scheduler == "constant"
+    # Without the recipe: unset, so that FinetuneConfig takes lisa.defaults' schedule.
+    assert parse("train", ["--out", "x"]).lr_scheduler is None
     # A flag before --config wins as well: the recipe goes before every command-line token.
     assert parse("train", ["--steps", "2", "--config", str(recipe), "--out", "x"]).steps == 2
 

@@ -56,6 +56,21 @@ def test_the_same_command_again_trains_nothing_and_says_so(studied, capsys):
     assert (studied / "runs.csv").read_text() == before
 
 
+def test_a_changed_default_rate_is_refused_on_resume_before_any_work(studied, capsys, monkeypatch):
+    # The study records its rate factors; the rates are the methods' defaults times them. A
+    # default changed since the study began would make the resumed sweep another study's.
+    import lisa_apps.study.settings as settings_module
+
+    changed = dict(settings_module.DEFAULT_LEARNING_RATES, lisa=settings_module.DEFAULT_LEARNING_RATES["lisa"] / 2)
+    monkeypatch.setattr(settings_module, "DEFAULT_LEARNING_RATES", changed)
+    before = {p: p.stat().st_mtime_ns for p in studied.rglob("*")}
+    assert main([*ISSUE_COMMAND, "--out", str(studied)]) == 2
+    err = capsys.readouterr().err
+    assert "which the study's sweep no longer has" in err and "lisa.defaults" in err
+    assert err.count("\n") == 1
+    assert {p: p.stat().st_mtime_ns for p in studied.rglob("*")} == before  # nothing touched
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
