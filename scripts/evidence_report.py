@@ -128,11 +128,11 @@ def _end_table(study: dict) -> list[str]:
 
     summary = summarise(study["runs"], study["chosen"], BASE)
     has_accuracy = summary["test_accuracy_mean"].notna().any()
-    header = "| variant | rate | held-out loss after 300 steps | s/step (training and curve scoring) |"
+    header = "| variant | rate | seeds | held-out loss after 300 steps | s/step (training and curve scoring) |"
     header += " accuracy (greedy, exact match) |" if has_accuracy else ""
-    lines = [header, "| --- | ---: | --- | ---: |" + (" --- |" if has_accuracy else "")]
+    lines = [header, "| --- | ---: | ---: | --- | ---: |" + (" --- |" if has_accuracy else "")]
     for _, row in summary.iterrows():
-        line = (f"| {_name(row['variant'])} | {_rate(row['learning_rate'])} | "
+        line = (f"| {_name(row['variant'])} | {_rate(row['learning_rate'])} | {row['num_seeds']} | "
                 f"{_interval(row['test_loss_mean'], row['test_loss_low'], row['test_loss_high'])} | "
                 f"{row['seconds_per_step_mean']:.2f} |")  # fmt: skip
         if has_accuracy:
