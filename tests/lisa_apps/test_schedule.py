@@ -62,7 +62,7 @@ def test_train_runs_the_default_schedule_and_records_it(tmp_path):
     out = tmp_path / "run"
     code = cli.main(["train", "--model", "tiny-llama", "--out", str(out), "--steps", "10",
                      "--batch-size", "2", "--eval-examples", "2", "--no-accuracy",
-                     "--no-save-model", "--max-length", "128", "--train-examples", "20"])  # fmt: skip
+                     "--no-save-model", "--max-length", "384", "--train-examples", "20"])  # fmt: skip
     assert code == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert (settings["lr_scheduler"], settings["warmup_ratio"]) == ("cosine", 0.1)
