@@ -103,6 +103,7 @@ def test_an_ehlr_run_trains_embedding_and_head_at_the_factor_times_its_rate(tmp_
     config = FinetuneConfig(
         method="lisa", steps=2, batch_size=2, max_length=384, device="cpu", precision="float32",
         score_accuracy=False, learning_rate=rate, seed=0, lr_embed=0.25 * rate,
+        lr_scheduler="constant",  # the study's schedule unless one is given
         lr_head=0.25 * rate, lisa=LisaConfig(
             gamma=base.gamma, interval=base.interval, sampler="uniform", seed=0,
             state_policy="drop", train_embeddings=True, train_head=True,
