@@ -193,6 +193,19 @@ LAUNCH = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127
           "MASTER_PORT": "29500"}  # fmt: skip
 
 
+def assert_refused_in_environment(argv, environment, message, tmp_path, monkeypatch, capsys):
+    """`lisa ARGV` under the launch variables ``environment`` exits 2 with one line holding
+    ``message``, before creating --out."""
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    code = main([*argv, "--model", "tiny-llama", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "environment", "message"),
     [
@@ -208,11 +221,4 @@ LAUNCH = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127
 def test_distributed_mistakes_are_refused_with_one_line(
     argv, environment, message, tmp_path, monkeypatch, capsys
 ):
-    for name in LAUNCH:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    code = main([*argv, "--model", "tiny-llama", "--out", str(tmp_path / "out")])
-    error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(error) == 1 and message in error[0], error
-    assert not (tmp_path / "out").exists()
+    assert_refused_in_environment(argv, environment, message, tmp_path, monkeypatch, capsys)

@@ -20,7 +20,6 @@ import torch
 from diagnostics.policy import SamplingPolicy
 from diagnostics.runtime import prepare_model
 from lisa.defaults import DEFAULT_LEARNING_RATES
-from lisa_apps.cli import main
 from lisa_apps.commands.arguments import load_data
 from lisa_apps.data import DataCollator, tokenize_examples
 from lisa_apps.models import load_model
@@ -31,6 +30,7 @@ from tests.lisa_apps.commands.test_distributed_commands import (
     LAUNCH,
     WORLD,
     _one_set_of_results,
+    assert_refused_in_environment,
     torchrun,
 )
 from tests.numerics import adam_ratio_bound
@@ -154,11 +154,4 @@ def test_demo_fsdp2_fine_tune_equals_one_process_of_the_same_loop(fsdp2_demo):
 def test_distributed_demo_and_study_mistakes_are_refused_with_one_line(
     argv, environment, message, tmp_path, monkeypatch, capsys
 ):
-    for name in LAUNCH:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    code = main([*argv, "--model", "tiny-llama", "--out", str(tmp_path / "out")])
-    error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(error) == 1 and message in error[0], error
-    assert not (tmp_path / "out").exists()
+    assert_refused_in_environment(argv, environment, message, tmp_path, monkeypatch, capsys)
