@@ -94,10 +94,8 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
-def _kept() -> str:
-    from lisa_apps.outputs import interrupted_runs
-
-    parts = [folder.kept_message() for folder in interrupted_runs()]
+def _kept(runs) -> str:
+    parts = [folder.kept_message() for folder in runs.interrupted()]
     return "; ".join(parts) if parts else "no files were written"
 
 
@@ -142,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before any work; nothing was written", file=sys.stderr)
         return 130
-    from lisa_apps.outputs import OutputError
+    from lisa_apps.outputs import CommandRuns, OutputError
 
+    runs = CommandRuns()
     try:
-        return int(work() or 0)
+        with runs:
+            return int(work() or 0)
     except OutputError as error:  # e.g. another process took --out between the check and now
         print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {_kept()}", file=sys.stderr)
+        print(f"{prog}: interrupted; {_kept(runs)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lisa ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

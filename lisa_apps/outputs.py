@@ -40,7 +40,7 @@ __all__ = [
     "OutputError",
     "RunFolder",
     "check_output_file",
-    "interrupted_runs",
+    "CommandRuns",
     "manifest_command",
 ]
 
@@ -48,26 +48,38 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "lisa-run.json"
 
-# The folders opened by this process and not yet closed, and those closed by an interruption:
-# what an interrupted command kept.
-_OPEN: list[RunFolder] = []
-_INTERRUPTED: list[RunFolder] = []
+# The commands running in this process, innermost last: each records the folders it opens.
+_COMMANDS: list[CommandRuns] = []
 
 
 class OutputError(ValueError):
     """An output path that cannot be used; the message names it and the fix."""
 
 
-def interrupted_runs() -> list[RunFolder]:
-    """Close every open RunFolder as interrupted; return them and those an interruption closed.
+class CommandRuns:
+    """The run folders one command opens, to say what it kept when it is interrupted.
 
-    The CLI calls this on Ctrl-C to say what the run kept; the list is then emptied.
+    ``with CommandRuns() as runs:`` records every top-level folder opened inside the block; only
+    those are reported, so a run interrupted earlier in the same process (a notebook, a test
+    session, a Python API call) never shows up in a later command's message.
     """
-    for folder in list(_OPEN):
-        folder.close("interrupted")
-    found = list(_INTERRUPTED)
-    _INTERRUPTED.clear()
-    return found
+
+    def __init__(self) -> None:
+        self.folders: list[RunFolder] = []
+
+    def __enter__(self) -> CommandRuns:
+        _COMMANDS.append(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _COMMANDS.remove(self)
+
+    def interrupted(self) -> list[RunFolder]:
+        """Close this command's still-open folders as interrupted; return all it interrupted."""
+        for folder in self.folders:
+            if folder.status == "running":
+                folder.close("interrupted")
+        return [folder for folder in self.folders if folder.status == "interrupted"]
 
 
 def _writable_ancestor(path: Path, label: str, shown: Path | None = None) -> Path:
@@ -286,8 +298,8 @@ class RunFolder:
         self.status = "running"
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._write_manifest()
-        if self._parent is None:
-            _OPEN.append(self)
+        if self._parent is None and _COMMANDS:
+            _COMMANDS[-1].folders.append(self)
         return self
 
     def _swap_in(self) -> None:
@@ -381,10 +393,6 @@ class RunFolder:
         finally:
             if self._lock is not None:
                 self._lock.release()
-            if self in _OPEN:
-                _OPEN.remove(self)
-            if status == "interrupted":
-                _INTERRUPTED.append(self)
 
     def __enter__(self) -> RunFolder:
         return self if self.status == "running" else self.open()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lisa_apps.outputs import MANIFEST, OutputError, RunFolder, check_output_file, interrupted_runs
+from lisa_apps.outputs import MANIFEST, CommandRuns, OutputError, RunFolder, check_output_file
 
 
 def manifest(folder) -> dict:
@@ -33,13 +33,28 @@ def test_manifest_lists_each_file_as_it_is_written_and_the_final_status(tmp_path
 )
 def test_an_interrupted_or_failed_run_says_so_and_keeps_its_files(tmp_path, error, status):
     folder = RunFolder(tmp_path / "run", command="test")
-    with pytest.raises(error), folder:
+    with pytest.raises(error), CommandRuns() as runs, folder:
         folder.write_text("done.txt", "kept")
         raise error
     assert manifest(folder.path)["status"] == status
     assert (folder.path / "done.txt").read_text() == "kept"
-    found = interrupted_runs()
-    assert (folder in found) == (status == "interrupted")
+    assert (folder in runs.interrupted()) == (status == "interrupted")
+
+
+def test_a_command_reports_only_the_folders_it_opened(tmp_path):
+    earlier = RunFolder(tmp_path / "earlier", command="test")  # e.g. a Python API call before
+    with pytest.raises(KeyboardInterrupt), earlier:
+        raise KeyboardInterrupt
+    left_open = RunFolder(tmp_path / "open", command="test").open()  # the caller's, still open
+    with CommandRuns() as runs:
+        ours = RunFolder(tmp_path / "ours", command="test").open()
+        finished = RunFolder(tmp_path / "done", command="test")
+        with finished:
+            finished.write_text("a.txt", "a")
+    assert runs.interrupted() == [ours]  # the still-open folder of the command is closed so
+    assert manifest(ours.path)["status"] == "interrupted"
+    assert left_open.status == "running" and manifest(finished.path)["status"] == "finished"
+    left_open.close()
 
 
 def test_a_second_run_is_refused_without_overwrite_and_replaces_only_its_files_with_it(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lisa_apps.cli import main
-from lisa_apps.outputs import MANIFEST
+from lisa_apps.outputs import MANIFEST, RunFolder
 
 LISA = [sys.executable, "-c", "import sys; from lisa_apps.cli import main; sys.exit(main())"]
 
@@ -56,6 +56,9 @@ def test_ctrl_c_after_training_keeps_the_trained_model(tmp_path, monkeypatch, ca
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(runner, "evaluate", evaluate_then_interrupt)
+    earlier = RunFolder(tmp_path / "earlier", command="study")  # an API run interrupted before,
+    with pytest.raises(KeyboardInterrupt), earlier:  # in the same process: not this command's
+        raise KeyboardInterrupt
     out = tmp_path / "run"
     argv = ["train", "--model", "tiny-llama", "--steps", "2", "--train-examples", "4",
             "--eval-examples", "1", "--max-length", "384", "--no-accuracy", "--no-progress",
