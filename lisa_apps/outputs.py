@@ -36,11 +36,11 @@ from lisa_apps.folder_lock import LOCK, FolderLock, LockedError, describe, lock_
 
 __all__ = [
     "MANIFEST",
+    "CommandRuns",
     "LockedError",
     "OutputError",
     "RunFolder",
     "check_output_file",
-    "CommandRuns",
     "manifest_command",
 ]
 

@@ -55,6 +55,25 @@ def _csv_of(kind: Callable[[str], object], what: str) -> Callable[[str], tuple]:
     return parse
 
 
+def _method_rates(text: str) -> dict[str, float]:
+    """``lisa=4e-4,lora=1e-3``: a base rate per method."""
+    from lisa_apps.training import METHODS
+
+    rates: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        method, sep, value = part.partition("=")
+        method = method.strip()
+        if not sep or method not in METHODS:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not METHOD=RATE with METHOD one of {', '.join(METHODS)} "
+                "(e.g. lisa=4e-4,lora=1e-3)"
+            )
+        if method in rates:
+            raise argparse.ArgumentTypeError(f"{text!r} gives {method} twice; give it once")
+        rates[method] = positive_float(value.strip())
+    return rates
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of `lisa study`."""
     from diagnostics.norms import NORM_KINDS, REDUCTIONS
@@ -107,6 +126,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--lr-factors", type=_csv_of(positive_float, "numbers > 0"), default=defaults.lr_factors,
         help="each variant's sweep: its method's default rate times each factor (default "
         f"{','.join(f'{f:g}' for f in defaults.lr_factors)})",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--lr-base", type=_method_rates, default=None, metavar="METHOD=RATE,...",
+        help="the base rate of a method's sweep, e.g. lisa=4e-4,lora=1e-3 (default: each "
+        "method's default rate, as lisa train's); resumes a study begun under other defaults",
     )  # fmt: skip
     sweep.add_argument(
         "--tune-seeds", type=positive_int, default=None,
@@ -237,6 +261,12 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
     for _, name, default in lisa_knobs:
         if getattr(args, name) is None:
             setattr(args, name, default)
+    for method in args.lr_base or {}:
+        if method not in args.methods:
+            raise ValueError(
+                f"--lr-base gives a rate for {method}, which --methods does not run; drop "
+                f"{method} from --lr-base or add it to --methods"
+            )
     if "lora" not in args.methods and args.lora_rank is not None:
         raise ValueError(only_for(["--lora-rank"], "LoRA runs", "add lora to --methods"))
     args.lora_rank = DEFAULT_LORA_RANK if args.lora_rank is None else args.lora_rank
@@ -306,7 +336,7 @@ def prepare(args: argparse.Namespace) -> Callable[[], int]:
         data_format=args.data_format, data_split=args.data_split, data_columns=args.data_columns,
         eval_data=args.eval_data,
         seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
-        max_length=args.max_length, lr_factors=args.lr_factors, tune_seeds=args.tune_seeds,
+        max_length=args.max_length, lr_factors=args.lr_factors, lr_base=args.lr_base, tune_seeds=args.tune_seeds,
         gammas=args.gammas, intervals=args.intervals, state_policies=args.state_policies,
         eh=args.eh, eh_lr_factors=args.eh_lr_factors, lora_rank=args.lora_rank,
         train_examples=args.train_examples,

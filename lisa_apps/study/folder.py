@@ -20,8 +20,15 @@ __all__ = ["STUDY_COMMAND", "StudyFolder"]
 STUDY_COMMAND = "lisa study"
 
 
+# Settings a study may gain on resume when it began without them: the study's finished runs
+# are checked against them instead (lisa_apps.study.runner.check_resumed_rates).
+CHECKED_BY_THE_RUNS = ("lr_base",)
+
+
 def _first_difference(earlier: dict[str, Any], now: dict[str, Any]) -> str | None:
     for key in sorted(set(earlier) | set(now)):
+        if key in CHECKED_BY_THE_RUNS and key not in earlier:
+            continue
         if earlier.get(key) != now.get(key):
             return f"{key}: {earlier.get(key)!r} there, {now.get(key)!r} now"
     return None

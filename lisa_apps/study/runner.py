@@ -102,28 +102,32 @@ def _read_runs(folder: StudyFolder | None) -> pd.DataFrame:
 def check_resumed_rates(settings: StudySettings, finished: pd.DataFrame, where: str = "--out") -> None:
     """Refuse to resume a study whose finished runs trained at rates its sweep no longer has.
 
-    A variant's sweep is its method's default rate (``lisa.defaults``) times each factor, and
-    a study records the factors. If the default changed since the study began, resuming it
-    would train a different sweep and mix two studies' runs in one folder: refused instead.
+    A variant's sweep is its method's base rate (``lr_base``, else ``lisa.defaults``) times
+    each factor, and a study begun without ``lr_base`` recorded only the factors. If the default
+    changed since the study began, resuming it would train a different sweep and mix two
+    studies' runs in one folder: refused, naming the base rate to pass instead.
 
     Example:
         >>> settings = StudySettings(methods=("lisa",), lr_factors=(1.0,))
         >>> runs = pd.DataFrame({"run_id": ["a"], "variant": ["lisa-uniform"],
-        ...                      "learning_rate": [123.0]})
+        ...                      "method": ["lisa"], "learning_rate": [123.0]})
         >>> check_resumed_rates(settings, runs)
         Traceback (most recent call last):
         ...
         ValueError: --out holds run a, trained at 123, which the study's sweep no longer has (...
+        >>> check_resumed_rates(StudySettings(methods=("lisa",), lr_factors=(1.0,),
+        ...                                   lr_base={"lisa": 123.0}), runs)
     """
-    sweeps = {v.name: settings.learning_rates(v) for v in settings.variants()}
+    sweeps = {v.name: (v.method, settings.learning_rates(v)) for v in settings.variants()}
     for _, row in finished.iterrows():
-        sweep = sweeps.get(str(row["variant"]))
+        method, sweep = sweeps.get(str(row["variant"]), (None, None))
         if sweep is not None and float(row["learning_rate"]) not in sweep:
+            flag = "--lr-base" if where.startswith("--") else "lr_base"
             raise ValueError(
                 f"{where} holds run {row['run_id']}, trained at {float(row['learning_rate']):g}, "
                 f"which the study's sweep no longer has ({', '.join(f'{r:g}' for r in sweep)}): "
-                "the method's default rate (lisa.defaults) changed since the study began; finish "
-                "it with the version that began it, or start a new --out"
+                f"the base rate of {method} changed since the study began (lisa.defaults); pass "
+                f"the one it began at with {flag} ({method}=RATE), or start a new {where.split()[0] if where.startswith('--') else 'folder'}"
             )
 
 

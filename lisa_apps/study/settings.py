@@ -104,7 +104,11 @@ class StudySettings:
             paired differences are taken against when it is ``uniform``.
         seeds: number of seeds (0 .. seeds-1).
         steps, batch_size, max_length: the shared training budget.
-        lr_factors: each variant's sweep: its method's default rate times each factor.
+        lr_factors: each variant's sweep: its method's base rate times each factor.
+        lr_base: the base rate of a method, ``{"lisa": 4e-4}``, for every variant of it (a
+            preset's own rate included); a method not named takes its default rate in
+            :data:`lisa.defaults.DEFAULT_LEARNING_RATES`. A study begun before this setting can
+            be resumed with the rates it began at (its finished runs are checked against them).
         tune_seeds: the rate is chosen on the first ``tune_seeds`` seeds (None: all of them);
             later seeds run only at the chosen rate.
         gammas, intervals, state_policies, eh, eh_lr_factors: LISA knobs; the first value of
@@ -143,6 +147,7 @@ class StudySettings:
     batch_size: int = 4
     max_length: int = 256
     lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
+    lr_base: dict[str, float] | None = None
     tune_seeds: int | None = None
     gammas: tuple[int, ...] = (DEFAULT_GAMMA,)
     intervals: tuple[int, ...] = (DEFAULT_INTERVAL,)
@@ -200,6 +205,17 @@ class StudySettings:
         for factor in self.lr_factors:
             check_positive_float("lr_factors", factor, hint="multiples of the default rate")
         _check_unique("lr_factors", self.lr_factors)
+        if self.lr_base is not None:
+            if not isinstance(self.lr_base, dict) or not self.lr_base:
+                raise ValueError("lr_base is empty; give {method: rate}, e.g. {'lisa': 4e-4}, or None")
+            for method, rate in self.lr_base.items():
+                if method not in self.methods:
+                    raise ValueError(
+                        f"lr_base names {method!r}, which is not among the study's methods "
+                        f"({', '.join(self.methods)}); drop it or add the method"
+                    )
+                check_positive_float("lr_base", rate, hint=f"the base rate of {method}")
+            object.__setattr__(self, "lr_base", {m: float(self.lr_base[m]) for m in sorted(self.lr_base)})
         for name in ("gammas", "intervals"):
             values = getattr(self, name)
             if not values:
@@ -305,9 +321,12 @@ class StudySettings:
         return tuple(found)
 
     def learning_rates(self, variant: Variant) -> tuple[float, ...]:
-        """The sweep of a variant: its method's default rate (a preset's own rate, if it names
-        one) times each factor (3 digits)."""
-        default = variant.learning_rate or DEFAULT_LEARNING_RATES[variant.method]
+        """The sweep of a variant: its method's base rate times each factor (3 digits).
+
+        The base rate is ``lr_base``'s for the method if it names one, else a preset's own rate
+        if it names one, else the method's default rate.
+        """
+        default = (self.lr_base or {}).get(variant.method) or variant.learning_rate or DEFAULT_LEARNING_RATES[variant.method]
         return tuple(float(f"{default * factor:.3g}") for factor in self.lr_factors)
 
     def data_options(self) -> dict[str, Any]:
@@ -344,7 +363,7 @@ class StudySettings:
 
 
 _ADDED_LATER = ("lr_scheduler", "warmup_steps", "warmup_ratio", "eval_every", "presets",
-                "eh_lr_factors")  # fmt: skip
+                "eh_lr_factors", "lr_base")  # fmt: skip
 
 
 def preset_variant(name: str) -> Variant:

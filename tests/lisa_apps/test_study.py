@@ -35,6 +35,20 @@ def test_the_grid_adds_one_uniform_lisa_variant_per_further_knob_value():
         StudySettings(methods=("ft",), policies=("grad-norm",))
 
 
+def test_lr_base_centres_every_variant_of_its_method_and_only_it():
+    settings = StudySettings(methods=("lisa", "lora"), gammas=(2, 4), presets=("badam",),
+                             lr_factors=(0.5, 1.0), lr_base={"lisa": 1e-3})  # fmt: skip
+    sweeps = {v.name: settings.learning_rates(v) for v in settings.variants()}
+    assert sweeps == {"lisa-uniform": (5e-4, 1e-3), "lisa-uniform-gamma4": (5e-4, 1e-3),
+                      "badam": (5e-4, 1e-3), "lora-r8": (LORA_LR / 2, LORA_LR)}  # fmt: skip
+    assert settings.to_dict()["lr_base"] == {"lisa": 1e-3}
+    assert "lr_base" not in StudySettings().to_dict()  # a study without it resumes as before
+    with pytest.raises(ValueError, match="lr_base names 'ft', which is not among"):
+        StudySettings(methods=("lisa",), lr_base={"ft": 1e-5})
+    with pytest.raises(ValueError, match="lr_base"):
+        StudySettings(lr_base={"lisa": -1.0})
+
+
 def test_every_method_sees_the_same_data_order_at_a_seed(tmp_path, monkeypatch):
     collators = []
 

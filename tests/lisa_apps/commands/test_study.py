@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -71,6 +73,26 @@ def test_a_changed_default_rate_is_refused_on_resume_before_any_work(studied, ca
     assert {p: p.stat().st_mtime_ns for p in studied.rglob("*")} == before  # nothing touched
 
 
+def test_a_study_begun_under_other_defaults_resumes_with_the_base_rate_it_began_at(
+    studied, tmp_path, capsys, monkeypatch
+):
+    import lisa_apps.study.settings as settings_module
+
+    began = settings_module.DEFAULT_LEARNING_RATES["lisa"]
+    changed = dict(settings_module.DEFAULT_LEARNING_RATES, lisa=began / 2)
+    monkeypatch.setattr(settings_module, "DEFAULT_LEARNING_RATES", changed)
+    copy = tmp_path / "copy"  # the module's study stays as it began, for the other tests
+    shutil.copytree(studied, copy)
+    assert main([*ISSUE_COMMAND, "--out", str(copy), "--lr-base", "lora=1e-3"]) == 2
+    assert "pass the one it began at with --lr-base (lisa=RATE)" in capsys.readouterr().err
+    assert main([*ISSUE_COMMAND, "--out", str(copy), "--lr-base", f"lisa={began:g}"]) == 0
+    assert "trained 0 runs (12 were finished before" in capsys.readouterr().out
+    assert pd.read_csv(copy / "runs.csv").equals(pd.read_csv(studied / "runs.csv"))
+    # From now on the folder records its base rate: another one is another study.
+    assert main([*ISSUE_COMMAND, "--out", str(copy), "--lr-base", f"lisa={began * 3:g}"]) == 2
+    assert "holds a study with other settings (lr_base:" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -85,6 +107,9 @@ def test_a_changed_default_rate_is_refused_on_resume_before_any_work(studied, ca
         (["--lr-scheduler", "cosin"], "--lr-scheduler 'cosin' is not a scheduler"),
         (["--warmup-steps", "1", "--warmup-ratio", "0.5"], "both set the warm-up; pass one"),
         (["--lr-scheduler", "cosine"], "holds a study with other settings (lr_scheduler"),
+        (["--lr-base", "lisa=0"], "argument --lr-base: must be a number > 0, got 0"),
+        (["--lr-base", "lisa:4e-4"], "argument --lr-base: 'lisa:4e-4' is not METHOD=RATE"),
+        (["--lr-base", "lisa=1e-4,lisa=2e-4"], "gives lisa twice"),
     ],
 )
 def test_bad_inputs_are_refused_before_any_work(studied, capsys, extra, message):
@@ -97,6 +122,13 @@ def test_bad_inputs_are_refused_before_any_work(studied, capsys, extra, message)
     assert main(command) == 2
     err = capsys.readouterr().err
     assert err.startswith("lisa study: error:") and message in err and err.count("\n") == 1
+
+
+def test_a_rate_for_a_method_the_study_does_not_run_is_refused(tmp_path, capsys):
+    assert main(["study", "--model", "tiny-llama", "--methods", "lisa", "--lr-base", "lora=1e-3",
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "--lr-base gives a rate for lora, which --methods does not run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_non_lisa_study_refuses_lisa_flags(tmp_path, capsys):
