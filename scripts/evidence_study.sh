@@ -6,7 +6,7 @@
 #
 # What it runs: SmolLM2-135M, 3 seeds, 300 steps with the held-out loss every 50, cosine with a
 # 10% warm-up, batch 1, at most 256 tokens, each variant at its rate tuned on the validation
-# split at this length (0.5 and 1 times its method's default, on seed 0; seeds 1 and 2 at the
+# split at this length (0.5 and 1 times its method's base rate, on seed 0; seeds 1 and 2 at the
 # chosen rate), on the maths problems and on the real-text set (--data pydoc): one
 # `lisa study` per data set, the two side by side, one torch thread each (the machine has 2
 # cores). A part is a time slice: it runs both studies until they finish or PART_HOURS pass,
@@ -52,14 +52,18 @@ model="${EVIDENCE_MODEL:-smollm2-135m}"
 # The grid (see PLAN): the variants kept within ~2 h 30 min on 2 cores, or EVIDENCE_GRID=full
 # for every variant one study can hold (all but LoRA r32; about 6 h on 2 cores).
 case "${EVIDENCE_GRID:-kept}" in
-    kept) methods="lisa,lora"; gammas="2,4"; presets=""; eh_lr_factors="" ;;
-    full) methods="ft,lora,lisa"; gammas="2,4"; presets="badam,owlore"; eh_lr_factors="1,0.25" ;;
+    kept) methods="lisa,lora"; gammas="2,4"; presets=""; eh_lr_factors=""
+          lr_base="lisa=4e-4,lora=1e-3" ;;
+    full) methods="ft,lora,lisa"; gammas="2,4"; presets="badam,owlore"; eh_lr_factors="1,0.25"
+          lr_base="lisa=4e-4,lora=1e-3,ft=5e-5" ;;
     *) echo "evidence_study.sh: EVIDENCE_GRID=${EVIDENCE_GRID} is not kept or full" >&2; exit 2 ;;
 esac
-# Every run: the schedule, the length, the curve, the rate sweep (tuned on seed 0).
+# Every run: the schedule, the length, the curve, the rate sweep (tuned on seed 0). The sweep's
+# base rates are the defaults the study was run at (LISA 4e-4 then; the study chose 2e-4, today's
+# default), so these commands reproduce it and resume it rather than start another sweep.
 common=(--model "$model" --methods "$methods" --gammas "$gammas" --lora-rank 8
         --lr-scheduler cosine --warmup-ratio 0.1 --batch-size 1 --max-length 256
-        --tune-seeds 1 --threads 1)
+        --tune-seeds 1 --threads 1 --lr-base "$lr_base")
 if [[ -n "$presets" ]]; then
     common+=(--presets "$presets")
 fi

@@ -57,6 +57,8 @@ def test_both_studies_of_the_script_pass_every_check_of_lisa_study(tmp_path, six
         args, work = _prepared(argv)  # refuses an option or value `lisa study` does not take
         assert callable(work)
         assert (args.lr_scheduler, args.warmup_ratio) == ("cosine", 0.1)
+        # The sweep is centred on the rates the study ran at, not on today's defaults.
+        assert args.lr_base["lisa"] == 4e-4 and args.lr_base["lora"] == 1e-3
         if grid == "full":  # owlore samples 5 blocks: the 6-block model takes it
             assert args.presets == ("badam", "owlore") and args.gammas == (2, 4)
         if dry == "0":  # the study of docs/results.md, as the issue sets it
