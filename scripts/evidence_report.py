@@ -34,7 +34,11 @@ PAGES = {"results": ROOT / "docs" / "results.md", "defaults": ROOT / "docs" / "t
 BEGIN, END = "<!-- evidence-report:{} begin -->", "<!-- evidence-report:{} end -->"
 LORA, BASE = "lora-r8", "lisa-uniform"
 NAMES = {"lisa-uniform": "LISA gamma 2", "lisa-uniform-gamma4": "LISA gamma 4", "lora-r8": "LoRA r8",
-         "ft": "FT"}  # fmt: skip
+         "ft": "FT", "lisa-uniform-ehlr0.25": "LISA gamma 2, E/H at 0.25x"}  # fmt: skip
+# Variants run after the kept grid, each in its own study folder DATA-SUFFIX beside DATA (the
+# evidence script's EVIDENCE_GRID=SUFFIX). Same seeds, data order, starting weights and draws:
+# their runs join the kept grid's, paired by seed.
+LATER = ("ehlr",)
 
 
 def _rate(rate: float) -> str:
@@ -62,13 +66,41 @@ def _difference(row: pd.Series) -> str:
     return f"**{text}**" if outside else text
 
 
+def _own_names(runs: pd.DataFrame, curves: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A later study's base variant under its own name: uniform LISA at an E/H rate factor f
+    other than 1 is ``lisa-uniform-ehlrF`` (the name the kept grid's study would give it); its
+    run ids follow, so they do not collide with the kept grid's."""
+    names = {}
+    for _, row in runs.drop_duplicates("variant").iterrows():
+        factor = row.get("eh_lr_factor")
+        own = row["variant"]
+        if isinstance(factor, float) and not math.isnan(factor) and factor != 1 and "-ehlr" not in own:
+            own = f"{own}-ehlr{factor:g}"
+        names[row["variant"]] = own
+
+    def rename(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame["run_id"] = [run_id.replace(v, names[v], 1) for run_id, v in zip(frame["run_id"], frame["variant"], strict=True)]
+        frame["variant"] = frame["variant"].map(names)
+        return frame
+
+    return rename(runs), rename(curves)
+
+
 def load(folder: Path) -> dict:
-    """The study's runs, curves, settings and its chosen rates (lisa_apps.study.choose_rates)."""
+    """The study's runs, curves, settings and its chosen rates (lisa_apps.study.choose_rates),
+    with the runs of its later studies (``LATER``: folders FOLDER-SUFFIX) joined to them."""
     from lisa_apps.study import choose_rates
 
     runs = pd.read_csv(folder / "runs.csv")
     curves = pd.read_csv(folder / "curves.csv")
     settings = json.loads((folder / "settings.json").read_text())
+    for suffix in LATER:
+        later = folder.with_name(f"{folder.name}-{suffix}")
+        if (later / "runs.csv").is_file():
+            more = _own_names(pd.read_csv(later / "runs.csv"), pd.read_csv(later / "curves.csv"))
+            runs = pd.concat([runs, more[0]], ignore_index=True)
+            curves = pd.concat([curves, more[1]], ignore_index=True)
     tuning = tuple(range(int(settings.get("tune_seeds") or settings["seeds"])))
     return {"runs": runs, "curves": curves, "settings": settings,
             "chosen": choose_rates(runs, tuning)}  # fmt: skip
@@ -254,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             if not (source / "runs.csv").is_file():
                 print(f"evidence_report: {source} holds no runs.csv; pass a study folder", file=sys.stderr)
                 return 2
-            (EVIDENCE / data).mkdir(parents=True, exist_ok=True)
-            for name in FILES:
-                shutil.copyfile(source / name, EVIDENCE / data / name)
+            later = [f"{data}-{suffix}" for suffix in LATER if (args.copy / f"{data}-{suffix}" / "runs.csv").is_file()]
+            for folder in (data, *later):
+                (EVIDENCE / folder).mkdir(parents=True, exist_ok=True)
+                for name in FILES:
+                    shutil.copyfile(args.copy / folder / name, EVIDENCE / folder / name)
             plot(data)
     for page, render in RENDER.items():
         text = render()

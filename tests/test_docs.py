@@ -157,6 +157,29 @@ def test_default_rate_is_the_lowest_mean_relative_validation_loss_over_the_data_
     assert report.default_rate(studies, "lisa-uniform") == 4e-4
 
 
+def test_a_later_study_of_the_evidence_joins_under_its_own_variant_name(tmp_path):
+    import pandas as pd
+
+    report = _evidence_report()
+    settings = '{"tune_seeds": 1, "seeds": 1}'
+    for folder, factor in (("math", 1.0), ("math-ehlr", 0.25)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "settings.json").write_text(settings)
+        run_id = "lisa-uniform-lr0.0004-seed0"
+        pd.DataFrame([{"run_id": run_id, "variant": "lisa-uniform", "eh_lr_factor": factor,
+                       "seed": 0, "learning_rate": 4e-4, "val_loss": factor}]).to_csv(
+            tmp_path / folder / "runs.csv", index=False)  # fmt: skip
+        pd.DataFrame([{"run_id": run_id, "variant": "lisa-uniform", "seed": 0, "step": 1,
+                       "eval_loss": factor}]).to_csv(tmp_path / folder / "curves.csv", index=False)  # fmt: skip
+    study = report.load(tmp_path / "math")
+    assert study["runs"]["variant"].tolist() == ["lisa-uniform", "lisa-uniform-ehlr0.25"]
+    assert study["curves"]["run_id"].tolist() == ["lisa-uniform-lr0.0004-seed0",
+                                                  "lisa-uniform-ehlr0.25-lr0.0004-seed0"]  # fmt: skip
+    assert study["curves"].set_index("variant")["eval_loss"].to_dict() == {
+        "lisa-uniform": 1.0, "lisa-uniform-ehlr0.25": 0.25}
+    assert study["chosen"] == {"lisa-uniform": 4e-4, "lisa-uniform-ehlr0.25": 4e-4}
+
+
 def test_default_rates_and_schedule_are_what_the_evidence_study_chose():
     from lisa.defaults import DEFAULT_LEARNING_RATES, DEFAULT_LR_SCHEDULER, DEFAULT_WARMUP_RATIO
 

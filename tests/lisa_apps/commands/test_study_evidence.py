@@ -49,7 +49,7 @@ def _prepared(argv: list[str]):
         torch.set_num_threads(threads)  # --threads 1 must not slow the other tests
 
 
-@pytest.mark.parametrize(("grid", "dry"), [("kept", "0"), ("full", "1")])
+@pytest.mark.parametrize(("grid", "dry"), [("kept", "0"), ("full", "1"), ("ehlr", "0")])
 def test_both_studies_of_the_script_pass_every_check_of_lisa_study(tmp_path, six_blocks, grid, dry):
     commands = _commands(tmp_path, six_blocks, EVIDENCE_GRID=grid, EVIDENCE_DRY=dry)
     assert [argv[argv.index("--data") + 1] for argv in commands] == ["math", "pydoc"]
@@ -61,6 +61,9 @@ def test_both_studies_of_the_script_pass_every_check_of_lisa_study(tmp_path, six
         assert args.lr_base["lisa"] == 4e-4 and args.lr_base["lora"] == 1e-3
         if grid == "full":  # owlore samples 5 blocks: the 6-block model takes it
             assert args.presets == ("badam", "owlore") and args.gammas == (2, 4)
+        if grid == "ehlr":  # the per-group variant, in its own folders beside the kept grid's
+            assert args.eh_lr_factors == (0.25,) and args.methods == ("lisa",)
+            assert str(args.out).endswith(f"{args.data}-ehlr")
         if dry == "0":  # the study of docs/results.md, as the issue sets it
             assert (args.seeds, args.steps, args.eval_every) == (3, 300, 50)
 
