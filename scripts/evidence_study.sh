@@ -68,9 +68,12 @@ esac
 # Every run: the schedule, the length, the curve, the rate sweep (tuned on seed 0). The sweep's
 # base rates are the defaults the study was run at (LISA 4e-4 then; the study chose 2e-4, today's
 # default), so these commands reproduce it and resume it rather than start another sweep.
-common=(--model "$model" --methods "$methods" --gammas "$gammas" --lora-rank 8
+common=(--model "$model" --methods "$methods" --gammas "$gammas"
         --lr-scheduler cosine --warmup-ratio 0.1 --batch-size 1 --max-length 256
         --tune-seeds 1 --threads 1 --lr-base "$lr_base")
+if [[ ",$methods," == *,lora,* ]]; then
+    common+=(--lora-rank 8)
+fi
 if [[ -n "$presets" ]]; then
     common+=(--presets "$presets")
 fi

@@ -58,7 +58,8 @@ def test_both_studies_of_the_script_pass_every_check_of_lisa_study(tmp_path, six
         assert callable(work)
         assert (args.lr_scheduler, args.warmup_ratio) == ("cosine", 0.1)
         # The sweep is centred on the rates the study ran at, not on today's defaults.
-        assert args.lr_base["lisa"] == 4e-4 and args.lr_base["lora"] == 1e-3
+        ran_at = {"lisa": 4e-4, "lora": 1e-3, "ft": 5e-5}
+        assert args.lr_base == {method: ran_at[method] for method in args.methods}
         if grid == "full":  # owlore samples 5 blocks: the 6-block model takes it
             assert args.presets == ("badam", "owlore") and args.gammas == (2, 4)
         if grid == "ehlr":  # the per-group variant, in its own folders beside the kept grid's
