@@ -101,6 +101,8 @@ def recipe_arguments(
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(str(item) for item in value)
+        elif isinstance(value, dict):  # lisa study's lr_base: {lisa: 4e-4} is lisa=4e-4
+            value = ",".join(f"{name}={item}" for name, item in value.items())
         elif isinstance(value, bool):
             value = str(value).lower()
         tokens.extend([flag, str(value)])

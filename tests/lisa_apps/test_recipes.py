@@ -66,7 +66,9 @@ def test_recipe_overrides_defaults_and_flags_override_the_recipe(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("command", "values"), [("diagnose", {"steps": 7, "seed": 3}), ("study", {"steps": 7})]
+    ("command", "values"),
+    [("diagnose", {"steps": 7, "seed": 3}), ("study", {"steps": 7}),
+     ("study", {"lr_base": {"lisa": 4e-4, "lora": 1e-3}})],
 )
 def test_diagnose_and_study_take_a_recipe(command, values, tmp_path):
     args = parse(command, ["--config", str(write_recipe(tmp_path, values)), "--out", "x"])
