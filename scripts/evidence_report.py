@@ -39,6 +39,11 @@ NAMES = {"lisa-uniform": "LISA gamma 2", "lisa-uniform-gamma4": "LISA gamma 4", 
 # evidence script's EVIDENCE_GRID=SUFFIX). Same seeds, data order, starting weights and draws:
 # their runs join the kept grid's, paired by seed.
 LATER = ("ehlr",)
+# Runs of the kept grid that ran in a later working session than the rest of their study, when
+# the machine ran about 1.5 times slower a step (2026-12-02, 13:07 on). Step times are only
+# comparable within one session, so an equal-time comparison pairs two runs of a seed only if
+# they ran in the same session; each later study (LATER) is a session of its own.
+RESUMED_LATER = {"pydoc": ("lisa-uniform-gamma4-lr0.0004-seed2", "lora-r8-lr0.001-seed2")}
 
 
 def _rate(rate: float) -> str:
@@ -95,10 +100,12 @@ def load(folder: Path) -> dict:
     runs = pd.read_csv(folder / "runs.csv")
     curves = pd.read_csv(folder / "curves.csv")
     settings = json.loads((folder / "settings.json").read_text())
-    for suffix in LATER:
+    runs["session"] = runs["run_id"].isin(RESUMED_LATER.get(folder.name, ())).astype(int)
+    for number, suffix in enumerate(LATER, start=2):
         later = folder.with_name(f"{folder.name}-{suffix}")
         if (later / "runs.csv").is_file():
             more = _own_names(pd.read_csv(later / "runs.csv"), pd.read_csv(later / "curves.csv"))
+            more[0]["session"] = number
             runs = pd.concat([runs, more[0]], ignore_index=True)
             curves = pd.concat([curves, more[1]], ignore_index=True)
     tuning = tuple(range(int(settings.get("tune_seeds") or settings["seeds"])))
@@ -145,14 +152,29 @@ def _time_table(study: dict, pairs: list[tuple[str, str]]) -> list[str]:
 
     curves, runs, chosen = study["curves"], study["runs"], study["chosen"]
     lines = ["| comparison | at the reference's step | seconds of training | the other's step | "
-             "difference (paired, 95% t interval) |", "| --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+             "pairs | difference (paired, 95% t interval) |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     for a, b in pairs:
-        at = summarise_curves_at_time(curves, runs, chosen, b)
+        seeds = _same_session_seeds(runs, chosen, a, b)
+        if not seeds:
+            continue
+        kept = curves["seed"].isin(seeds) & curves["variant"].isin([a, b])
+        at = summarise_curves_at_time(curves[kept], runs, {a: chosen[a], b: chosen[b]}, b)
         for _, row in at[at["variant"] == a].iterrows():
             reached = "-" if math.isnan(row["variant_step_mean"]) else f"{row['variant_step_mean']:.0f}"
             lines.append(f"| {_name(a)} − {_name(b)} | {int(row['reference_step'])} | "
-                         f"{row['seconds_mean']:.0f} | {reached} | {_difference(row)} |")  # fmt: skip
+                         f"{row['seconds_mean']:.0f} | {reached} | {int(row['num_pairs'])} | {_difference(row)} |")  # fmt: skip
     return lines
+
+
+def _same_session_seeds(runs: pd.DataFrame, chosen: dict, a: str, b: str) -> list[int]:
+    """The seeds at which the chosen runs of ``a`` and ``b`` ran in the same session."""
+    def sessions(variant: str) -> dict[int, int]:
+        rows = runs[(runs["variant"] == variant) & (runs["learning_rate"] == chosen[variant])]
+        return dict(zip(rows["seed"].astype(int), rows["session"].astype(int), strict=True))
+
+    first, second = sessions(a), sessions(b)
+    return sorted(seed for seed in first.keys() & second.keys() if first[seed] == second[seed])
 
 
 def _end_table(study: dict) -> list[str]:

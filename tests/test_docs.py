@@ -178,6 +178,9 @@ def test_a_later_study_of_the_evidence_joins_under_its_own_variant_name(tmp_path
     assert study["curves"].set_index("variant")["eval_loss"].to_dict() == {
         "lisa-uniform": 1.0, "lisa-uniform-ehlr0.25": 0.25}
     assert study["chosen"] == {"lisa-uniform": 4e-4, "lisa-uniform-ehlr0.25": 4e-4}
+    # A later study ran in a session of its own: no equal-time pair with the kept grid's runs.
+    assert study["runs"]["session"].tolist() == [0, 2]
+    assert report._same_session_seeds(study["runs"], study["chosen"], "lisa-uniform-ehlr0.25", "lisa-uniform") == []
 
 
 def test_default_rates_and_schedule_are_what_the_evidence_study_chose():
