@@ -124,7 +124,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sweep = parser.add_argument_group("learning rates (chosen on a validation split of the training data)")
     sweep.add_argument(
         "--lr-factors", type=_csv_of(positive_float, "numbers > 0"), default=defaults.lr_factors,
-        help="each variant's sweep: its method's default rate times each factor (default "
+        help="each variant's sweep: its method's base rate (--lr-base, else its default) times each factor (default "
         f"{','.join(f'{f:g}' for f in defaults.lr_factors)})",
     )  # fmt: skip
     sweep.add_argument(
