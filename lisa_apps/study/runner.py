@@ -122,12 +122,13 @@ def check_resumed_rates(settings: StudySettings, finished: pd.DataFrame, where: 
     for _, row in finished.iterrows():
         method, sweep = sweeps.get(str(row["variant"]), (None, None))
         if sweep is not None and float(row["learning_rate"]) not in sweep:
-            flag = "--lr-base" if where.startswith("--") else "lr_base"
+            # From the command (``--out PATH``) the fix names flags, from the API the settings.
+            flag, elsewhere = ("--lr-base", "--out") if where.startswith("--") else ("lr_base", "folder")
             raise ValueError(
                 f"{where} holds run {row['run_id']}, trained at {float(row['learning_rate']):g}, "
                 f"which the study's sweep no longer has ({', '.join(f'{r:g}' for r in sweep)}): "
                 f"the base rate of {method} changed since the study began (lisa.defaults); pass "
-                f"the one it began at with {flag} ({method}=RATE), or start a new {where.split()[0] if where.startswith('--') else 'folder'}"
+                f"the one it began at with {flag} ({method}=RATE), or start a new {elsewhere}"
             )
 
 
